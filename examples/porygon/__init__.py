@@ -1,0 +1,1 @@
+"""Porygon: a fictional document-workspace product used to demonstrate Stride."""

@@ -1,0 +1,66 @@
+"""Stride: event-driven, durable background jobs for Python.
+
+Dispatch a named event; every job triggered by it runs in the background as a sequence of
+checkpointed steps that survive retries and crashes.
+"""
+
+from stride._current import current_idempotency_key
+from stride.app import JobDecorator, Stride, WorkerHandle
+from stride.context import Context, SyncContext
+from stride.errors import (
+    ConfigurationError,
+    DuplicateJobError,
+    InvalidEventError,
+    LeaseLost,
+    NonDeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    RunNotFound,
+    SerializationError,
+    StepError,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    StrideError,
+    WaitTimeout,
+)
+from stride.events import Event, EventType, OutgoingEvent
+from stride.jobs import Backoff, Job, JobConfig
+from stride.runs import Run, StepInfo
+from stride.step import Step, SyncStep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "ConfigurationError",
+    "Context",
+    "DuplicateJobError",
+    "Event",
+    "EventType",
+    "InvalidEventError",
+    "Job",
+    "JobConfig",
+    "JobDecorator",
+    "LeaseLost",
+    "NonDeterminismError",
+    "NonRetriableError",
+    "OutgoingEvent",
+    "RetryAfterError",
+    "Run",
+    "RunNotFound",
+    "SerializationError",
+    "Step",
+    "StepError",
+    "StepInfo",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "Stride",
+    "StrideError",
+    "SyncContext",
+    "SyncStep",
+    "WaitTimeout",
+    "WorkerHandle",
+    "current_idempotency_key",
+]

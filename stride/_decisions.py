@@ -1,0 +1,46 @@
+"""What one execution of a handler decided, as frozen values both executors share.
+
+The executor drives a handler until it returns, fails, or must stop (a step to retry
+later, a sleep, a shutdown); the worker then applies the decision to the store in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stride.stores.base import RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The handler returned; `output_json` is its return value."""
+
+    output_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The run failed for good: no attempts left, a non-retriable error, or a step gave up."""
+
+    error_json: str
+    errors_json: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rescheduled:
+    """Stop now and run the handler again at `available_at` (a retry, a sleep, a drain)."""
+
+    available_at: int
+    status: RunStatus
+    attempt: int | None = None
+    errors_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """The worker lost the run (lease lost, store unreachable); its lease will expire."""
+
+    reason: str
+
+
+Decision = Completed | Failed | Rescheduled | Abandoned

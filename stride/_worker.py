@@ -1,0 +1,238 @@
+"""The worker: claims due runs in batches, executes them, applies their decisions.
+
+Around the claim loop run two Loopers: the heartbeat (extends the leases of every run this
+worker holds, in one statement) and the reclaimer (requeues runs whose worker died). On
+stop the worker claims nothing more, lets in-flight runs reach their next step boundary
+within the grace period, and gives back whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from stride import _codec
+from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
+from stride._ids import new_id
+from stride._looper import Looper
+from stride.errors import ConfigurationError, LeaseLost, StoreError
+from stride.executors.inprocess import run_claimed
+from stride.jobs import Job
+from stride.stores.base import ClaimedRun, Lease, Store
+
+log = logging.getLogger("stride.worker")
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_POLL_SECONDS = 0.25
+MAX_CLAIM_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How a worker runs; validated at construction."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigurationError(f"worker concurrency must be >= 1, got {self.concurrency}")
+        if self.lease_seconds < 0.5:
+            raise ConfigurationError(f"lease must be >= 0.5 s, got {self.lease_seconds}")
+        if self.grace_seconds < 0 or self.poll_seconds <= 0:
+            raise ConfigurationError("grace must be >= 0 and poll interval > 0 seconds")
+
+
+class Worker:
+    """Executes the runs of `jobs` from `store` until stopped."""
+
+    def __init__(self, *, app_id: str, jobs: Mapping[str, Job[Any, Any]], store: Store,
+                 logger: logging.Logger, options: WorkerOptions) -> None:
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.app_id = app_id
+        self.options = options
+        self._jobs = dict(jobs)
+        self._store = store
+        self._logger = logger
+        self._limits = {j.id: j.concurrency for j in jobs.values() if j.concurrency}
+        self._active: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._draining = False
+        self._threads = ThreadPoolExecutor(
+            max_workers=options.threads or max(4, options.concurrency),
+            thread_name_prefix="stride-handler")
+        self._claim_task: asyncio.Task[None] | None = None
+        lease = options.lease_seconds
+        self._heartbeat = Looper("heartbeat", lease / 3, self._beat)
+        self._reclaimer = Looper("reclaimer", max(0.2, lease / 4), self._reclaim)
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
+
+    async def start(self) -> None:
+        await self._beat()
+        self._heartbeat.start()
+        self._reclaimer.start()
+        self._claim_task = asyncio.create_task(self._claim_loop(), name="stride-claim")
+        log.info("worker %s started (concurrency %d, jobs: %s)", self.id,
+                 self.options.concurrency, ", ".join(sorted(self._jobs)) or "none")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; give in-flight runs `grace` seconds; release the rest."""
+        grace = self.options.grace_seconds if grace is None else grace
+        self._stopping.set()
+        self._draining = True
+        if self._claim_task is not None:
+            await self._claim_task
+        tasks = [task for task, _ in self._active.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        leftover = list(self._active.values())
+        for task, _ in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.gather(*(task for task, _ in leftover), return_exceptions=True)
+            await self._release([lease for _, lease in leftover])
+        await self._heartbeat.stop()
+        await self._reclaimer.stop()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.id)
+
+    async def _release(self, leases: list[Lease]) -> None:
+        try:
+            await self._store.release(leases)
+            log.info("released %d unfinished runs", len(leases))
+        except StoreError as exc:
+            log.warning("could not release %d runs (%s); they resume when their lease expires",
+                        len(leases), exc)
+
+    # -- claiming ------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failing = False
+        while not self._stopping.is_set():
+            free = self.options.concurrency - len(self._active)
+            if free <= 0:
+                await self._wait_for_slot()
+                continue
+            limit = min(free, MAX_CLAIM_BATCH)
+            try:
+                claimed = await self._store.claim(
+                    worker_id=self.id, app_id=self.app_id, job_ids=list(self._jobs), limit=limit,
+                    lease_ms=int(self.options.lease_seconds * 1000), concurrency=self._limits)
+            except StoreError as exc:
+                if not failing:
+                    log.warning("claiming runs failed, retrying: %s", exc)
+                failing = True
+                await self._sleep_unless_stopping(1.0)
+                continue
+            if failing:
+                log.warning("claiming runs works again")
+                failing = False
+            for run in claimed:
+                self._start_run(run)
+            if len(claimed) < limit:
+                await self._wait_for_work()
+
+    async def _wait_for_slot(self) -> None:
+        self._slot_freed.clear()
+        waiter = asyncio.create_task(self._slot_freed.wait())
+        stopper = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+
+    async def _wait_for_work(self) -> None:
+        change = asyncio.create_task(self._store.wait_for_change(self.options.poll_seconds))
+        stopper = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({change, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        change.cancel()
+        stopper.cancel()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- executing -----------------------------------------------------------
+
+    def _start_run(self, claimed: ClaimedRun) -> None:
+        run_id = claimed.lease.run_id
+        task = asyncio.create_task(self._execute(claimed), name=f"stride-run-{run_id}")
+        self._active[run_id] = (task, claimed.lease)
+        task.add_done_callback(lambda _t: self._run_done(run_id))
+
+    def _run_done(self, run_id: str) -> None:
+        self._active.pop(run_id, None)
+        self._slot_freed.set()
+
+    async def _execute(self, claimed: ClaimedRun) -> None:
+        job = self._jobs[claimed.job_id]
+        run_id = claimed.lease.run_id
+        log.debug("run %s of %s: running", run_id, job.id)
+        decision = await run_claimed(self._store, job, claimed, app_id=self.app_id,
+                                     threads=self._threads, logger=self._logger,
+                                     draining=lambda: self._draining)
+        try:
+            await self._apply(claimed.lease, decision)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+        except StoreError as exc:
+            log.warning("run %s: could not record its outcome (%s); it resumes after its "
+                        "lease expires", run_id, exc)
+        else:
+            log.debug("run %s of %s: %s", run_id, job.id, _describe(decision))
+
+    async def _apply(self, lease: Lease, decision: Decision) -> None:
+        match decision:
+            case Completed(output_json=output):
+                await self._store.finish(lease, status="completed", output_json=output,
+                                         error_json=None)
+            case Failed(error_json=error, errors_json=errors):
+                await self._store.finish(lease, status="failed", output_json=None,
+                                         error_json=error, errors_json=errors)
+            case Rescheduled(available_at=at, status=status, attempt=attempt, errors_json=errs):
+                await self._store.reschedule(lease, available_at=at, status=status,
+                                             attempt=attempt, errors_json=errs)
+            case Abandoned(reason=reason):
+                log.warning("run %s abandoned by this worker: %s", lease.run_id, reason)
+
+    # -- loopers -------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "concurrency": self.options.concurrency, "active": len(self._active),
+                "jobs": sorted(self._jobs)}
+        await self._store.heartbeat(worker_id=self.id, app_id=self.app_id,
+                                    lease_ms=int(self.options.lease_seconds * 1000),
+                                    info_json=_codec.dumps_str(info))
+
+    async def _reclaim(self) -> None:
+        for run_id in await self._store.reclaim_expired():
+            log.warning("run %s reclaimed: its worker's lease expired", run_id)
+
+
+def _describe(decision: Decision) -> str:
+    match decision:
+        case Completed():
+            return "completed"
+        case Failed():
+            return "failed"
+        case Rescheduled(available_at=at):
+            return f"rescheduled in {max(0, at - time.time_ns() // 1_000_000)} ms"
+        case Abandoned(reason=reason):
+            return f"abandoned ({reason})"

@@ -1,0 +1,413 @@
+"""The Stride facade: job registry, event types, dispatch, workers and run queries. No SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Generic, TypeVar, overload
+
+from pydantic import BaseModel
+
+from stride import _codec
+from stride._ids import new_id
+from stride._worker import Worker, WorkerOptions
+from stride.context import Context, SyncContext
+from stride.errors import (
+    ConfigurationError,
+    DuplicateJobError,
+    InvalidEventError,
+    RunNotFound,
+    WaitTimeout,
+)
+from stride.events import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    EventType,
+    OutgoingEvent,
+    check_payload_size,
+    validate_event_name,
+)
+from stride.jobs import (
+    DEFAULT_RETRIES,
+    Backoff,
+    EventTrigger,
+    Job,
+    JobConfig,
+    TriggerSpec,
+    build_job,
+    parse_duration,
+)
+from stride.runs import Run
+from stride.stores.base import NewEvent, NewRun, RunFilter, Store, open_store_for_url
+from stride.stores.sqlite import default_sqlite_url
+
+M = TypeVar("M", bound=BaseModel)
+DataT = TypeVar("DataT")
+R = TypeVar("R")
+
+DEFAULT_DEDUPE_WINDOW = "24h"
+DATABASE_URL_ENV = "STRIDE_DATABASE_URL"
+EventInput = OutgoingEvent | Mapping[str, Any] | tuple[str, Any]
+
+
+class JobDecorator(Generic[DataT]):
+    """Returned by `define_job(...)`: decorate an `async def` or a plain `def` handler."""
+
+    def __init__(self, register: Callable[[Callable[..., Any]], Job[Any, Any]]) -> None:
+        self._register = register
+
+    @overload
+    def __call__(self, handler: Callable[[Context[DataT]], Awaitable[R]]) -> Job[DataT, R]: ...
+
+    @overload
+    def __call__(self, handler: Callable[[SyncContext[DataT]], R]) -> Job[DataT, R]: ...
+
+    def __call__(self, handler: Callable[..., Any]) -> Job[Any, Any]:
+        return self._register(handler)
+
+
+class Stride:
+    """One app: its jobs and event types, and the store they run on.
+
+    Example:
+        jobs = Stride(app_id="porygon")   # STRIDE_DATABASE_URL, else ./.stride/stride.db
+
+        @jobs.define_job(id="hello", trigger="demo/hello")
+        async def hello(ctx: Context[dict[str, Any]]) -> str:
+            return await ctx.step.run("greet", lambda: "hi")
+    """
+
+    def __init__(self, app_id: str, *, database_url: str | None = None, strict: bool = False,
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 dedupe_window: float | timedelta | str = DEFAULT_DEDUPE_WINDOW,
+                 backoff: Backoff | None = None, logger: logging.Logger | None = None) -> None:
+        if not app_id or not isinstance(app_id, str):
+            raise ConfigurationError(f"app_id must be a non-empty string, got {app_id!r}")
+        if max_payload_bytes < 1:
+            raise ConfigurationError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
+        self.app_id = app_id
+        self.database_url = database_url or os.environ.get(DATABASE_URL_ENV) or default_sqlite_url()
+        from stride.stores.base import parse_database_url
+
+        parse_database_url(self.database_url)
+        self.strict = strict
+        self.max_payload_bytes = max_payload_bytes
+        self.dedupe_ms = int(parse_duration(dedupe_window, what="dedupe_window") * 1000)
+        self.backoff = backoff or Backoff()
+        self.logger = logger or logging.getLogger(f"stride.app.{app_id}")
+        self._jobs: dict[str, Job[Any, Any]] = {}
+        self._routes: dict[str, list[Job[Any, Any]]] = {}
+        self._event_types: dict[str, EventType[Any]] = {}
+        self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                asyncio.Task[Store]] = weakref.WeakKeyDictionary()
+        self._portal: _SyncPortal | None = None
+
+    # -- definitions -----------------------------------------------------------
+
+    @property
+    def jobs(self) -> Mapping[str, Job[Any, Any]]:
+        """Registered jobs by id."""
+        return dict(self._jobs)
+
+    def event(self, name: str, model: type[M]) -> EventType[M]:
+        """Bind an event name to a pydantic model; dispatch validates data against it."""
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ConfigurationError(f"event {name!r}: {model!r} is not a pydantic model class")
+        event_type = EventType(name, model)
+        known = self._event_types.get(name)
+        if known is not None and known.model is not model:
+            raise ConfigurationError(
+                f"event {name!r} is already defined with {known.model.__name__}")
+        self._event_types[name] = event_type
+        return event_type
+
+    @overload
+    def define_job(self, *, id: str, trigger: EventType[M] | Sequence[EventType[M]],
+                   name: str | None = None, retries: int = DEFAULT_RETRIES,
+                   concurrency: int | None = None,
+                   backoff: Backoff | None = None) -> JobDecorator[M]: ...
+
+    @overload
+    def define_job(self, *, id: str, trigger: str | EventTrigger | Sequence[TriggerSpec],
+                   name: str | None = None, retries: int = DEFAULT_RETRIES,
+                   concurrency: int | None = None,
+                   backoff: Backoff | None = None) -> JobDecorator[dict[str, Any]]: ...
+
+    @overload
+    def define_job(self, config: JobConfig, trigger: EventType[M],
+                   handler: Callable[[Context[M]], Awaitable[R]]) -> Job[M, R]: ...
+
+    @overload
+    def define_job(self, config: JobConfig, trigger: EventType[M],
+                   handler: Callable[[SyncContext[M]], R]) -> Job[M, R]: ...
+
+    @overload
+    def define_job(self, config: JobConfig, trigger: str | EventTrigger | Sequence[TriggerSpec],
+                   handler: Callable[..., Any]) -> Job[dict[str, Any], Any]: ...
+
+    def define_job(self, config: JobConfig | None = None, trigger: Any = None,
+                   handler: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """Register a job: as a decorator with keyword options, or as `(config, trigger, handler)`.
+
+        Example:
+            @jobs.define_job(id="process-context-file", retries=3, concurrency=5,
+                             trigger=file_uploaded)
+            async def process(ctx: Context[FileUploaded]) -> dict[str, Any]: ...
+        """
+        if config is not None:
+            if handler is None or trigger is None:
+                raise ConfigurationError("define_job(config, trigger, handler) needs all three")
+            return self._register(handler, trigger=trigger, id=config.id, name=config.name,
+                                  retries=config.retries, concurrency=config.concurrency,
+                                  backoff=config.backoff)
+        trigger = options.pop("trigger", trigger)
+        if "id" not in options or trigger is None:
+            raise ConfigurationError("define_job needs id=... and trigger=...")
+        return JobDecorator(lambda fn: self._register(fn, trigger=trigger, **options))
+
+    def _register(self, handler: Callable[..., Any], *, trigger: Any, id: str,
+                  name: str | None = None, retries: int = DEFAULT_RETRIES,
+                  concurrency: int | None = None, backoff: Backoff | None = None) -> Job[Any, Any]:
+        if id in self._jobs:
+            raise DuplicateJobError(f"job id {id!r} is defined twice in app {self.app_id!r}")
+        job = build_job(id=id, name=name, handler=handler, trigger=trigger, retries=retries,
+                        concurrency=concurrency, backoff=backoff, default_backoff=self.backoff)
+        for event_type in job.event_types.values():
+            self._event_types.setdefault(event_type.name, event_type)
+        self._jobs[id] = job
+        for trig in job.triggers:
+            self._routes.setdefault(trig.event, []).append(job)
+        return job
+
+    # -- the store -------------------------------------------------------------
+
+    async def store(self) -> Store:
+        """The store for the running event loop, opened (and migrated) on first use."""
+        loop = asyncio.get_running_loop()
+        task = self._stores.get(loop)
+        if task is None or (task.done() and task.exception() is not None):
+            task = loop.create_task(self._open_store())
+            self._stores[loop] = task
+        return await asyncio.shield(task)
+
+    async def _open_store(self) -> Store:
+        store = open_store_for_url(self.database_url)
+        await store.open()
+        return store
+
+    async def aclose(self) -> None:
+        """Close the store of the running loop (and the sync portal, if one was started)."""
+        task = self._stores.pop(asyncio.get_running_loop(), None)
+        if task is not None and task.done() and task.exception() is None:
+            await task.result().close()
+        if self._portal is not None:
+            self._portal.stop()
+            self._portal = None
+
+    async def __aenter__(self) -> Stride:
+        await self.store()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- dispatch ----------------------------------------------------------------
+
+    @overload
+    async def dispatch(self, event: EventType[M], data: M | Mapping[str, Any], *,
+                       id: str | None = None, user: Mapping[str, Any] | None = None,
+                       conn: Any = None) -> list[str]: ...
+
+    @overload
+    async def dispatch(self, event: str, data: Mapping[str, Any] | BaseModel | None = None, *,
+                       id: str | None = None, user: Mapping[str, Any] | None = None,
+                       conn: Any = None) -> list[str]: ...
+
+    async def dispatch(self, event: EventType[Any] | str, data: Any = None, *,
+                       id: str | None = None, user: Mapping[str, Any] | None = None,
+                       conn: Any = None) -> list[str]:
+        """Store one event and the runs it triggers, in one transaction; return its id.
+
+        When this returns, the event and every run it triggers are committed. On PostgreSQL,
+        `conn=` (the app's own psycopg connection, inside its transaction) makes the event
+        commit with the app's transaction, or vanish with its rollback.
+
+        Example:
+            [event_id] = await jobs.dispatch("context/file.uploaded", {"file_id": "f1"})
+        """
+        name = event.name if isinstance(event, EventType) else event
+        item = OutgoingEvent(name, {} if data is None else data, id, user)
+        return await self.dispatch_many([item], conn=conn)
+
+    async def dispatch_many(self, events: Iterable[EventInput], *, conn: Any = None) -> list[str]:
+        """Dispatch several events in one transaction (all or none are accepted)."""
+        batch = [self._prepare(self._outgoing(item)) for item in events]
+        if not batch:
+            return []
+        store = await self.store()
+        await store.publish(batch, dedupe_ms=self.dedupe_ms, conn=conn)
+        store.notify_local()
+        return [event.id for event, _ in batch]
+
+    def dispatch_sync(self, event: EventType[Any] | str, data: Any = None, *,
+                      id: str | None = None, user: Mapping[str, Any] | None = None) -> list[str]:
+        """`dispatch` for sync code (Django/Flask views, scripts); blocks until committed."""
+        return self._sync(self.dispatch(event, data, id=id, user=user))
+
+    def _sync(self, coro: Coroutine[Any, Any, R]) -> R:
+        if self._portal is None:
+            self._portal = _SyncPortal()
+        return self._portal.call(coro)
+
+    def _outgoing(self, item: EventInput) -> OutgoingEvent:
+        if isinstance(item, OutgoingEvent):
+            return item
+        if isinstance(item, tuple) and len(item) == 2:
+            return OutgoingEvent(item[0], item[1])
+        if isinstance(item, Mapping) and "name" in item:
+            return OutgoingEvent(item["name"], item.get("data", {}), item.get("id"),
+                                 item.get("user"))
+        raise InvalidEventError(
+            f"cannot dispatch {item!r}: give an event_type.create(...), a (name, data) tuple, "
+            "or a dict with 'name' and 'data'")
+
+    def _prepare(self, item: OutgoingEvent) -> tuple[NewEvent, list[NewRun]]:
+        name = validate_event_name(item.name)
+        data = self._validate_data(name, item.data)
+        user = dict(item.user) if item.user is not None else None
+        check_payload_size(name, data, user, self.max_payload_bytes)
+        event_id = item.id if item.id is not None else new_id()
+        if not isinstance(event_id, str) or not event_id or len(event_id) > 128:
+            raise InvalidEventError(
+                f"event id must be a string of 1-128 characters, got {event_id!r}")
+        now = time.time_ns() // 1_000_000
+        new_event = NewEvent(event_id, name, _codec.dumps_str(data), _codec.dumps_str(user)
+                             if user is not None else None, now)
+        runs = [NewRun(new_id(), self.app_id, job.id, event_id, now)
+                for job in self._routes.get(name, ())]
+        return new_event, runs
+
+    def _validate_data(self, name: str, data: Any) -> dict[str, Any]:
+        event_type = self._event_types.get(name)
+        if event_type is not None:
+            return event_type.to_json_data(data)
+        if self.strict:
+            raise InvalidEventError(
+                f"event {name!r} is not defined and the app is strict; define it with "
+                f"jobs.event({name!r}, Model) or turn strict off")
+        if isinstance(data, BaseModel):
+            data = data.model_dump(mode="json")
+        if not isinstance(data, Mapping):
+            raise InvalidEventError(
+                f"event {name!r}: data must be a JSON object (dict), got {type(data).__name__}")
+        return dict(data)
+
+    # -- workers -----------------------------------------------------------------
+
+    def worker(self, *, concurrency: int = 10, lease: float | timedelta | str = 30.0,
+               grace: float | timedelta | str = 10.0,
+               jobs: Sequence[str] | None = None) -> WorkerHandle:
+        """An in-process worker for an `async with` block (or `await handle.run()` forever)."""
+        selected = self._select_jobs(jobs)
+        options = WorkerOptions(concurrency=concurrency,
+                                lease_seconds=parse_duration(lease, what="lease"),
+                                grace_seconds=parse_duration(grace, what="grace"))
+        return WorkerHandle(self, selected, options)
+
+    def _select_jobs(self, job_ids: Sequence[str] | None) -> dict[str, Job[Any, Any]]:
+        if job_ids is None:
+            return dict(self._jobs)
+        unknown = [job_id for job_id in job_ids if job_id not in self._jobs]
+        if unknown:
+            raise ConfigurationError(f"unknown job ids {unknown}; known: {sorted(self._jobs)}")
+        return {job_id: self._jobs[job_id] for job_id in job_ids}
+
+    # -- runs ------------------------------------------------------------------
+
+    async def get_runs(self, *, event_id: str | None = None, job_id: str | None = None,
+                       status: str | None = None, limit: int = 50) -> list[Run]:
+        """Runs, newest first, without their steps (use `get_run` for those)."""
+        store = await self.store()
+        rows = await store.list_runs(RunFilter(job_id=job_id, status=status, event_id=event_id,
+                                               limit=limit))
+        return [Run.from_row(row) for row in rows]
+
+    async def get_run(self, run_id: str) -> Run:
+        """One run with its steps, attempts and errors."""
+        row = await (await self.store()).get_run(run_id)
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return Run.from_row(row)
+
+    async def wait_for(self, run_id: str, *, timeout: float = 30.0) -> Run:
+        """Wait until the run finished (completed, failed or cancelled) and return it."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            run = await self.get_run(run_id)
+            if run.finished:
+                return run
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"run {run_id} is still {run.status} after {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+
+class WorkerHandle:
+    """A worker bound to an app; `async with` runs it for the block."""
+
+    def __init__(self, app: Stride, jobs: dict[str, Job[Any, Any]], options: WorkerOptions) -> None:
+        self._app = app
+        self._jobs = jobs
+        self.options = options
+        self.worker: Worker | None = None
+
+    async def start(self) -> Worker:
+        store = await self._app.store()
+        self.worker = Worker(app_id=self._app.app_id, jobs=self._jobs, store=store,
+                             logger=self._app.logger, options=self.options)
+        await self.worker.start()
+        return self.worker
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self.worker is not None:
+            await self.worker.stop(grace)
+            self.worker = None
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set (or forever)."""
+        await self.start()
+        try:
+            await (stop or asyncio.Event()).wait()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> Worker:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+class _SyncPortal:
+    """A private event loop in a daemon thread, so sync code can call the async API."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="stride-sync",
+                                        daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, R]) -> R:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)

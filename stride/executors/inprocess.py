@@ -1,0 +1,260 @@
+"""The in-process executor: call the handler in this process and checkpoint each step.
+
+Between steps there is no replay: a step's result is committed (group commit) and the
+handler continues in the same call. Replay from the top happens only when the run was
+rescheduled (a retry after backoff, a drain) or taken over after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import time
+import typing
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from stride import _codec
+from stride._current import RunScope, current_run
+from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
+from stride._failures import describe_error
+from stride._replay import Memo, StepCall, Suspend
+from stride.context import Context, RunLogger, SyncContext
+from stride.errors import (
+    LeaseLost,
+    NonRetriableError,
+    RetryAfterError,
+    SerializationError,
+    StepError,
+    StoreError,
+)
+from stride.events import Event
+from stride.jobs import Job
+from stride.step import Step, SyncStep
+from stride.stores.base import ClaimedRun, StepRecord, Store
+
+log = logging.getLogger("stride.executor")
+_PLAIN_TYPES: frozenset[Any] = frozenset({None, Any, dict, list, str, int, float, bool,
+                                          type(None), object})
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _result_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+    """How to restore a memoized JSON result to the type `fn` declares (pydantic models...)."""
+    try:
+        annotation = typing.get_type_hints(fn).get("return")
+    except Exception:  # lambdas, builtins, unresolvable forward references
+        return None
+    if annotation in _PLAIN_TYPES or typing.get_origin(annotation) in (dict, list):
+        return None
+    if annotation is None:
+        return None
+    try:
+        return TypeAdapter(annotation)
+    except Exception:
+        return None
+
+
+def restore(output_json: str | None, fn: Callable[..., Any]) -> Any:
+    value = _codec.loads(output_json)
+    try:
+        adapter = _result_adapter(fn)
+    except TypeError:  # unhashable callable
+        return value
+    return value if adapter is None else adapter.validate_python(value)
+
+
+class RunExecution:
+    """One execution of one claimed run: the step driver the step API talks to."""
+
+    def __init__(self, store: Store, job: Job[Any, Any], claimed: ClaimedRun,
+                 loop: asyncio.AbstractEventLoop, draining: Callable[[], bool]) -> None:
+        self.store = store
+        self.job = job
+        self.claimed = claimed
+        self.loop = loop
+        self.memo = Memo(claimed.steps)
+        self._draining = draining
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- StepDriver ----------------------------------------------------------
+
+    def begin(self, user_id: str) -> StepCall:
+        call = self.memo.next_call(user_id)
+        if call.recorded is None and self._draining():
+            # shutting down: stop at this step boundary and let another worker continue
+            raise Suspend(_now_ms(), "worker is shutting down")
+        if call.recorded is None or call.recorded.status == "retrying":
+            if _on_loop(self.loop):
+                self._step_started()
+            else:  # a sync handler's thread: the loop counts it before the step settles
+                self.loop.call_soon_threadsafe(self._step_started)
+        return call
+
+    def _step_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def _step_settled(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight <= 0:
+            self._idle.set()
+
+    async def _settle_parallel_steps(self) -> None:
+        """Let sibling steps (asyncio.gather) that are still running checkpoint first."""
+        await asyncio.sleep(0)
+        await self._idle.wait()
+
+    def replayed(self, call: StepCall, fn: Callable[..., Any]) -> Any:
+        assert call.recorded is not None
+        if call.recorded.status == "failed":
+            raise StepError(call.step_id, _codec.loads(call.recorded.error_json))
+        return restore(call.recorded.output_json, fn)
+
+    async def succeeded(self, call: StepCall, fn: Callable[..., Any], value: Any,
+                        started_at: int) -> Any:
+        try:
+            return await self._succeeded(call, fn, value, started_at)
+        finally:
+            self._step_settled()
+
+    async def failed(self, call: StepCall, exc: Exception, started_at: int) -> Any:
+        try:
+            return await self._failed(call, exc, started_at)
+        finally:
+            self._step_settled()
+
+    async def _succeeded(self, call: StepCall, fn: Callable[..., Any], value: Any,
+                         started_at: int) -> Any:
+        try:
+            output_json = _codec.dumps_str(
+                value, what=f"step {call.step_id!r} of job {self.job.id!r} returned a value that")
+        except SerializationError as exc:
+            return await self._failed(call, exc, started_at)
+        errors = call.previous_errors
+        record = StepRecord(
+            step_id=call.step_id, position=call.position, kind="run", status="completed",
+            output_json=output_json, attempts=call.previous_attempts + 1,
+            errors_json=_codec.dumps_str(errors) if errors else None,
+            started_at=started_at, ended_at=_now_ms())
+        await self.store.checkpoint(self.claimed.lease, record)
+        self.memo.record(record)
+        return restore(output_json, fn)
+
+    async def _failed(self, call: StepCall, exc: Exception, started_at: int) -> Any:
+        attempt = call.previous_attempts + 1
+        now = _now_ms()
+        error = describe_error(exc, attempt=attempt, started_at=started_at, ended_at=now)
+        errors = [*call.previous_errors, error]
+        final = (isinstance(exc, (NonRetriableError, SerializationError, StepError))
+                 or attempt >= self.job.max_attempts)
+        record = StepRecord(
+            step_id=call.step_id, position=call.position, kind="run",
+            status="failed" if final else "retrying", error_json=_codec.dumps_str(error),
+            attempts=attempt, errors_json=_codec.dumps_str(errors), started_at=started_at,
+            ended_at=now)
+        await self.store.checkpoint(self.claimed.lease, record)
+        self.memo.record(record)
+        if final:
+            raise StepError(call.step_id, error)
+        delay = self._retry_delay(exc, attempt)
+        raise Suspend(now + int(delay * 1000), f"step {call.step_id!r} attempt {attempt} failed")
+
+    def _retry_delay(self, exc: Exception, failed_attempts: int) -> float:
+        if isinstance(exc, RetryAfterError):
+            return exc.delay_seconds
+        return self.job.backoff.delay(failed_attempts)
+
+    # -- the whole execution ---------------------------------------------------
+
+    @property
+    def attempt(self) -> int:
+        steps = [s.attempts for s in self.claimed.steps if s.status == "retrying"]
+        return max([self.claimed.attempt, *steps])
+
+    async def execute(self, ctx: Context[Any] | SyncContext[Any], threads: Executor) -> Decision:
+        started = _now_ms()
+        try:
+            if self.job.is_async:
+                result = await self.job.handler(ctx)
+            else:
+                context = contextvars.copy_context()
+                result = await self.loop.run_in_executor(threads, context.run,
+                                                         self.job.handler, ctx)
+        except Suspend as suspend:
+            await self._settle_parallel_steps()
+            return Rescheduled(suspend.available_at, "queued")
+        except LeaseLost as exc:
+            return Abandoned(str(exc))
+        except StoreError as exc:
+            return Abandoned(f"store error: {exc}")
+        except Exception as exc:
+            return self._handler_failed(exc, started)
+        try:
+            return Completed(_codec.dumps_str(
+                result, what=f"the output of job {self.job.id!r} (the handler's return value)"))
+        except SerializationError as exc:
+            return self._handler_failed(exc, started)
+
+    def _handler_failed(self, exc: Exception, started_at: int) -> Decision:
+        attempt = self.claimed.attempt + 1
+        error = describe_error(exc, attempt=attempt, started_at=started_at, ended_at=_now_ms())
+        previous = _codec.loads(self.claimed.errors_json) or []
+        errors_json = _codec.dumps_str([*previous, error])
+        if (isinstance(exc, (NonRetriableError, SerializationError, StepError))
+                or attempt >= self.job.max_attempts):
+            return Failed(_codec.dumps_str(error), errors_json)
+        delay = self._retry_delay(exc, attempt)
+        return Rescheduled(_now_ms() + int(delay * 1000), "queued", attempt, errors_json)
+
+
+def build_context(execution: RunExecution, app_id: str,
+                  logger: logging.Logger) -> Context[Any] | SyncContext[Any]:
+    """The handler's argument, with the event parsed into its model for typed events."""
+    job, claimed = execution.job, execution.claimed
+    row = claimed.event
+    data: Any = _codec.loads(row.data_json)
+    event_type = job.event_types.get(row.name)
+    if event_type is not None:
+        data = event_type.parse(data)
+    event = Event(id=row.id, name=row.name, data=data, user=_codec.loads(row.user_json), ts=row.ts)
+    bound = RunLogger(logger, {"app_id": app_id, "job_id": job.id,
+                               "run_id": claimed.lease.run_id, "attempt": execution.attempt})
+    common: dict[str, Any] = dict(event=event, events=[event], run_id=claimed.lease.run_id,
+                                  job_id=job.id, app_id=app_id, attempt=execution.attempt,
+                                  logger=bound)
+    if job.is_async:
+        return Context(step=Step(execution), **common)
+    return SyncContext(step=SyncStep(execution), **common)
+
+
+async def run_claimed(store: Store, job: Job[Any, Any], claimed: ClaimedRun, *, app_id: str,
+                      threads: Executor, logger: logging.Logger,
+                      draining: Callable[[], bool]) -> Decision:
+    """Execute one claimed run to its next decision (the worker applies it)."""
+    execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining)
+    ctx = build_context(execution, app_id, logger)
+    token = current_run.set(RunScope(app_id, job.id, claimed.lease.run_id, claimed.event.id,
+                                     ctx.event.user))
+    try:
+        return await execution.execute(ctx, threads)
+    finally:
+        current_run.reset(token)

@@ -1,0 +1,127 @@
+"""The step API that handlers call: `ctx.step.run(id, fn, *args)`.
+
+A step's result is checkpointed once it returns; on every later replay of the run the
+call returns the recorded value instead of calling `fn` again. `Step` serves `async def`
+handlers (await it), `SyncStep` plain `def` handlers (it returns the value directly).
+Both accept sync and async callables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from stride._current import StepScope, current_step
+from stride._replay import StepCall
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StepDriver(Protocol):
+    """What an executor provides to the step API (see `executors.inprocess`)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def begin(self, user_id: str) -> StepCall: ...
+
+    def replayed(self, call: StepCall, fn: Callable[..., Any]) -> Any: ...
+
+    async def succeeded(self, call: StepCall, fn: Callable[..., Any], value: Any,
+                        started_at: int) -> Any: ...
+
+    async def failed(self, call: StepCall, exc: Exception, started_at: int) -> Any: ...
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _is_final(call: StepCall) -> bool:
+    return call.recorded is not None and call.recorded.status in ("completed", "failed")
+
+
+class Step:
+    """Step API for `async def` handlers."""
+
+    def __init__(self, driver: StepDriver) -> None:
+        self._driver = driver
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, Awaitable[T]], /,
+                  *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[P, T], /,
+                  *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    async def run(self, step_id: str, fn: Callable[..., Any], /,
+                  *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` as the step `step_id`, at most once per successful attempt.
+
+        Example:
+            file = await ctx.step.run("fetch-file", get_file_by_id, file_id)
+        """
+        call = self._driver.begin(step_id)
+        if _is_final(call):
+            return self._driver.replayed(call, fn)
+        started = _now_ms()
+        token = current_step.set(StepScope(call.step_id, call.previous_attempts + 1))
+        try:
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(*args, **kwargs)
+            else:
+                value = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+        except Exception as exc:
+            return await self._driver.failed(call, exc, started)
+        finally:
+            current_step.reset(token)
+        return await self._driver.succeeded(call, fn, value, started)
+
+
+class SyncStep:
+    """Step API for plain `def` handlers, which run in a worker thread."""
+
+    def __init__(self, driver: StepDriver) -> None:
+        self._driver = driver
+
+    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._driver.loop).result()
+
+    @overload
+    def run(self, step_id: str, fn: Callable[P, Awaitable[T]], /,
+            *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    def run(self, step_id: str, fn: Callable[P, T], /,
+            *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` as the step `step_id` and return its result.
+
+        Example:
+            file = ctx.step.run("fetch-file", get_file_by_id, file_id)
+        """
+        call = self._driver.begin(step_id)
+        if _is_final(call):
+            return self._driver.replayed(call, fn)
+        started = _now_ms()
+        token = current_step.set(StepScope(call.step_id, call.previous_attempts + 1))
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = self._wait(_await(value))
+        except Exception as exc:
+            return self._wait(self._driver.failed(call, exc, started))
+        finally:
+            current_step.reset(token)
+        return self._wait(self._driver.succeeded(call, fn, value, started))
+
+
+async def _await(value: Awaitable[T]) -> T:
+    return await value

@@ -1,0 +1,498 @@
+"""The embedded SQLite store: zero set-up, one or several processes on one machine.
+
+WAL mode lets readers run beside the one writer. All writes of a process go through one
+writer thread that commits whatever is queued in one transaction (group commit); reads run
+on a small thread pool with their own connections. Other processes' commits are noticed
+through `PRAGMA data_version`, a counter SQLite bumps on every foreign commit, polled
+cheaply instead of querying for work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stride._ids import new_id
+from stride.errors import ConfigurationError, LeaseLost, StoreError
+from stride.stores._sqlite_writer import OpFailed, SqliteWriter, translate
+from stride.stores.base import (
+    ClaimedRun,
+    EventRow,
+    Lease,
+    NewEvent,
+    NewRun,
+    PublishResult,
+    RunFilter,
+    RunRow,
+    RunStatus,
+    StepRecord,
+)
+
+T = TypeVar("T")
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+CHANGE_POLL_SECONDS = 0.005
+_CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
+_RUN_COLUMNS = (
+    "id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at, "
+    "available_at, output, error, errors, lease_owner"
+)
+_STEP_COLUMNS = (
+    "step_id, position, kind, status, output, error, attempts, errors, started_at, ended_at, "
+    "wake_at"
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"SQLite URL {url!r} must look like sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    if not path:
+        raise ConfigurationError(f"SQLite URL {url!r} has no file path")
+    return path
+
+
+class SqliteStore:
+    """Store backend on one SQLite file. Construct, then `await open()`."""
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+                 synchronous: str = "NORMAL") -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        if synchronous.upper() not in {"NORMAL", "FULL"}:
+            raise ConfigurationError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        self._busy_timeout_ms = busy_timeout_ms
+        self._synchronous = synchronous.upper()
+        self._writer = SqliteWriter(self._connect, self.path)
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stride-sqlite-read")
+        self._local = threading.local()
+        self._changed = asyncio.Event()
+        self._version_conn: sqlite3.Connection | None = None
+        self._data_version = -1
+        self._opened = False
+
+    # -- connections -------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -16000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            try:
+                return fn(self._reader())
+            except sqlite3.Error as exc:
+                raise translate(exc, self.path) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the directory {directory} for {self.path}: {exc}") from exc
+        self._writer.start()
+        await self._writer.run(_migrate)
+        self._version_conn = await self._read(lambda _c: self._connect())
+        self._data_version = self._poll_version()
+        self._opened = True
+
+    async def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+        self._readers.shutdown(wait=True)
+        if self._version_conn is not None:
+            self._version_conn.close()
+
+    # -- change notification -----------------------------------------------
+
+    def _poll_version(self) -> int:
+        assert self._version_conn is not None
+        try:
+            row = self._version_conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return self._data_version
+        return int(row[0])
+
+    def notify_local(self) -> None:
+        self._changed.set()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._changed.is_set():
+                self._changed.clear()
+                return
+            version = self._poll_version()
+            if version != self._data_version:
+                self._data_version = version
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(CHANGE_POLL_SECONDS, remaining))
+
+    # -- writes --------------------------------------------------------------
+
+    async def publish(self, batch: Sequence[tuple[NewEvent, Sequence[NewRun]]], *,
+                      dedupe_ms: int, conn: Any = None) -> PublishResult:
+        if conn is not None:
+            raise ConfigurationError(
+                "dispatch(conn=...) joins the caller's transaction, which only the PostgreSQL "
+                "store supports; drop conn= on SQLite")
+        result: PublishResult = await self._writer.run(
+            lambda conn: _publish(conn, batch, dedupe_ms))
+        self._changed.set()
+        return result
+
+    async def claim(self, *, worker_id: str, app_id: str, job_ids: Sequence[str], limit: int,
+                    lease_ms: int, concurrency: Mapping[str, int]) -> list[ClaimedRun]:
+        if limit <= 0 or not job_ids:
+            return []
+        claimed: list[ClaimedRun] = await self._writer.run(
+            lambda conn: _claim(conn, worker_id, app_id, list(job_ids), limit, lease_ms,
+                                dict(concurrency)))
+        return claimed
+
+    async def checkpoint(self, lease: Lease, step: StepRecord) -> None:
+        await self._writer.run(lambda conn: _checkpoint(conn, lease, step))
+
+    async def reschedule(self, lease: Lease, *, available_at: int, status: RunStatus,
+                         attempt: int | None = None, errors_json: str | None = None) -> None:
+        def op(conn: sqlite3.Connection) -> object:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, available_at = ?, rank = ?, lease_owner = NULL, "
+                "lease_token = NULL, lease_expires_at = NULL, attempt = coalesce(?, attempt), "
+                "errors = coalesce(?, errors) WHERE id = ? AND lease_token = ?",
+                (status, available_at, available_at, attempt, errors_json, lease.run_id,
+                 lease.token))
+            return None if cur.rowcount else OpFailed(_lease_lost(lease))
+
+        await self._writer.run(op)
+        self._changed.set()
+
+    async def finish(self, lease: Lease, *, status: RunStatus, output_json: str | None,
+                     error_json: str | None, errors_json: str | None = None) -> None:
+        def op(conn: sqlite3.Connection) -> object:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, output = ?, error = ?, errors = coalesce(?, errors), "
+                "ended_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND lease_token = ? AND status = 'running'",
+                (status, output_json, error_json, errors_json, _now_ms(), lease.run_id,
+                 lease.token))
+            return None if cur.rowcount else OpFailed(_lease_lost(lease))
+
+        await self._writer.run(op)
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = _now_ms()
+            conn.executemany(
+                "UPDATE runs SET status = 'queued', available_at = ?, rank = ?, "
+                "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND lease_token = ?",
+                [(now, now, lease.run_id, lease.token) for lease in leases])
+
+        await self._writer.run(op)
+
+    async def heartbeat(self, *, worker_id: str, app_id: str, lease_ms: int,
+                        info_json: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            now = _now_ms()
+            cur = conn.execute(
+                "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
+                (now + lease_ms, worker_id))
+            conn.execute(
+                "INSERT INTO workers (id, app_id, info, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at, info = excluded.info",
+                (worker_id, app_id, info_json, now, now))
+            return cur.rowcount
+
+        held: int = await self._writer.run(op)
+        return held
+
+    async def reclaim_expired(self) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            now = _now_ms()
+            rows = conn.execute(
+                "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_token = NULL, "
+                "lease_expires_at = NULL, available_at = ?, rank = ? "
+                "WHERE status = 'running' AND lease_expires_at < ? RETURNING id",
+                (now, now, now)).fetchall()
+            return [row[0] for row in rows]
+
+        ids: list[str] = await self._writer.run(op)
+        if ids:
+            self._changed.set()
+        return ids
+
+    # -- reads ---------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        def query(conn: sqlite3.Connection) -> RunRow | None:
+            row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
+                               (run_id,)).fetchone()
+            if row is None:
+                return None
+            steps = _load_steps(conn, [run_id]).get(run_id, ())
+            return _run_row(row, steps)
+
+        return await self._read(query)
+
+    async def list_runs(self, query: RunFilter) -> list[RunRow]:
+        where, params = _run_filter_sql(query)
+        sql = (f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?")
+        rows = await self._read(
+            lambda conn: conn.execute(sql, [*params, max(1, min(query.limit, 1000))]).fetchall())
+        return [_run_row(row, ()) for row in rows]
+
+    async def get_event(self, event_id: str) -> EventRow | None:
+        row = await self._read(lambda conn: conn.execute(
+            "SELECT id, name, data, user, ts FROM events WHERE id = ?", (event_id,)).fetchone())
+        return EventRow(*row) if row else None
+
+
+# -- the operations the writer thread runs, each inside a shared transaction --
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    scripts = sorted(
+        (entry.name, entry.read_text()) for entry in
+        resources.files("stride.stores.migrations").joinpath("sqlite").iterdir()
+        if entry.name.endswith(".sql"))
+    for name, script in scripts:
+        number = int(name.split("_", 1)[0])
+        if number <= version:
+            continue
+        for statement in _statements(script):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (comments may contain semicolons)."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        statements.append(pending.strip())
+    return statements
+
+
+def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[NewRun]]],
+             dedupe_ms: int) -> PublishResult:
+    now = _now_ms()
+    accepted: list[str] = []
+    duplicates: list[str] = []
+    fresh: list[tuple[Any, ...]] = []
+    runs: list[tuple[Any, ...]] = []
+    for event, event_runs in batch:
+        row = (event.id, event.name, event.data_json, event.user_json, event.ts, now)
+        seen = conn.execute("SELECT received_at FROM events WHERE id = ?", (event.id,)).fetchone()
+        if seen is not None:
+            duplicates.append(event.id)
+            continue
+        fresh.append(row)
+        accepted.append(event.id)
+        runs.extend((r.id, r.app_id, r.job_id, r.event_id, "queued", r.available_at,
+                     r.available_at, now) for r in event_runs)
+    conn.executemany(
+        "INSERT INTO events (id, name, data, user, ts, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+        fresh)
+    conn.executemany(
+        "INSERT INTO runs (id, app_id, job_id, event_id, status, available_at, rank, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", runs)
+    return PublishResult(tuple(accepted), tuple(duplicates), len(runs))
+
+
+def _claim(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[str],
+           limit: int, lease_ms: int, concurrency: dict[str, int]) -> list[ClaimedRun]:
+    now = _now_ms()
+    capacity = _free_capacity(conn, job_ids, concurrency)
+    eligible = [job for job in job_ids if capacity.get(job, 1) > 0]
+    token = new_id()
+    picked: list[str] = []
+    resumed: list[str] = []
+    # Each pass takes due runs in rank order. A pass that skipped runs of a job that filled
+    # up is repeated without that job, so one saturated job cannot starve the others.
+    while len(picked) < limit and eligible:
+        want = limit - len(picked)
+        marks = ",".join("?" * len(eligible))
+        rows = conn.execute(
+            f"SELECT id, job_id, started_at FROM runs WHERE {_CLAIMABLE} AND available_at <= ? "
+            f"AND app_id = ? AND job_id IN ({marks}) ORDER BY rank LIMIT ?",
+            (now, app_id, *eligible, want)).fetchall()
+        taken, skipped = _take_within_capacity(rows, capacity)
+        _lease_runs(conn, taken, worker_id, token, now, lease_ms)
+        picked.extend(run_id for run_id, _ in taken)
+        resumed.extend(run_id for run_id, started in taken if started is not None)
+        eligible = [job for job in eligible if capacity.get(job, 1) > 0]
+        if not skipped or len(rows) < want:
+            break
+    return _load_claimed(conn, picked, resumed, token)
+
+
+def _free_capacity(conn: sqlite3.Connection, job_ids: list[str],
+                   concurrency: dict[str, int]) -> dict[str, int]:
+    limited = [job for job in job_ids if job in concurrency]
+    if not limited:
+        return {}
+    marks = ",".join("?" * len(limited))
+    running = dict(conn.execute(
+        f"SELECT job_id, count(*) FROM runs WHERE status = 'running' AND job_id IN ({marks}) "
+        "GROUP BY job_id", limited).fetchall())
+    return {job: concurrency[job] - running.get(job, 0) for job in limited}
+
+
+def _take_within_capacity(rows: list[tuple[str, str, int | None]], capacity: dict[str, int],
+                          ) -> tuple[list[tuple[str, int | None]], bool]:
+    taken: list[tuple[str, int | None]] = []
+    skipped = False
+    for run_id, job_id, started_at in rows:
+        if job_id in capacity:
+            if capacity[job_id] <= 0:
+                skipped = True
+                continue
+            capacity[job_id] -= 1
+        taken.append((run_id, started_at))
+    return taken, skipped
+
+
+def _lease_runs(conn: sqlite3.Connection, taken: list[tuple[str, int | None]], worker_id: str,
+                token: str, now: int, lease_ms: int) -> None:
+    conn.executemany(
+        "UPDATE runs SET status = 'running', lease_owner = ?, lease_token = ?, "
+        "lease_expires_at = ?, started_at = coalesce(started_at, ?) WHERE id = ?",
+        [(worker_id, token, now + lease_ms, now, run_id) for run_id, _ in taken])
+
+
+def _load_claimed(conn: sqlite3.Connection, picked: list[str], resumed: list[str],
+                  token: str) -> list[ClaimedRun]:
+    if not picked:
+        return []
+    steps = _load_steps(conn, resumed) if resumed else {}
+    claimed = []
+    for chunk_start in range(0, len(picked), 500):
+        chunk = picked[chunk_start:chunk_start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT r.id, r.job_id, r.attempt, r.errors, r.created_at, "
+            "e.id, e.name, e.data, e.user, e.ts FROM runs r JOIN events e ON e.id = r.event_id "
+            f"WHERE r.id IN ({marks})", chunk).fetchall()
+        for run_id, job_id, attempt, errors, created_at, *event in rows:
+            claimed.append(ClaimedRun(
+                lease=Lease(run_id, token), job_id=job_id, event=EventRow(*event),
+                attempt=attempt, errors_json=errors, steps=steps.get(run_id, ()),
+                created_at=created_at))
+    return claimed
+
+
+def _load_steps(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, tuple[StepRecord, ...]]:
+    found: dict[str, list[StepRecord]] = {}
+    for chunk_start in range(0, len(run_ids), 500):
+        chunk = run_ids[chunk_start:chunk_start + 500]
+        marks = ",".join("?" * len(chunk))
+        for run_id, *columns in conn.execute(
+                f"SELECT run_id, {_STEP_COLUMNS} FROM steps WHERE run_id IN ({marks}) "
+                "ORDER BY run_id, position", chunk):
+            found.setdefault(run_id, []).append(StepRecord(*columns))
+    return {run_id: tuple(steps) for run_id, steps in found.items()}
+
+
+def _checkpoint(conn: sqlite3.Connection, lease: Lease, step: StepRecord) -> object:
+    cur = conn.execute(
+        "INSERT INTO steps (run_id, step_id, position, kind, status, output, error, attempts, "
+        "errors, started_at, ended_at, wake_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+        "WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? AND lease_token = ? AND "
+        "status = 'running') ON CONFLICT (run_id, step_id) DO UPDATE SET "
+        "status = excluded.status, output = excluded.output, error = excluded.error, "
+        "attempts = excluded.attempts, errors = excluded.errors, "
+        "ended_at = excluded.ended_at, wake_at = excluded.wake_at "
+        "WHERE steps.status <> 'completed'",
+        (lease.run_id, step.step_id, step.position, step.kind, step.status, step.output_json,
+         step.error_json, step.attempts, step.errors_json, step.started_at, step.ended_at,
+         step.wake_at, lease.run_id, lease.token))
+    return None if cur.rowcount else OpFailed(_lease_lost(lease))
+
+
+def _lease_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"run {lease.run_id} is no longer held by this worker (lease expired and "
+                     "another worker took it over); this worker stops working on it")
+
+
+def _run_filter_sql(query: RunFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("job_id", query.job_id), ("status", query.status),
+                          ("event_id", query.event_id)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.since_ms is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.since_ms)
+    if query.until_ms is not None:
+        clauses.append("created_at < ?")
+        params.append(query.until_ms)
+    if query.before is not None:
+        clauses.append("id < ?")
+        params.append(query.before)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _run_row(row: tuple[Any, ...], steps: tuple[StepRecord, ...]) -> RunRow:
+    (run_id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at,
+     available_at, output, error, errors, lease_owner) = row
+    return RunRow(run_id, app_id, job_id, event_id, status, attempt, created_at, started_at,
+                  ended_at, available_at, output, error, errors, lease_owner, steps)
+
+
+def default_sqlite_url() -> str:
+    """The default store: ./.stride/stride.db in the working directory."""
+    return "sqlite:///" + str(Path(".stride") / "stride.db")
