@@ -6,7 +6,7 @@ this file proves what mypy infers for users, not only that it does not complain.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, reveal_type
 
 from pydantic import BaseModel
 
