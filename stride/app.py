@@ -44,7 +44,14 @@ from stride.jobs import (
     parse_duration,
 )
 from stride.runs import Run
-from stride.stores.base import NewEvent, NewRun, RunFilter, Store, open_store_for_url
+from stride.stores.base import (
+    FINISHED_STATUSES,
+    NewEvent,
+    NewRun,
+    RunFilter,
+    Store,
+    open_store_for_url,
+)
 from stride.stores.sqlite import default_sqlite_url
 
 M = TypeVar("M", bound=BaseModel)
@@ -345,6 +352,43 @@ class Stride:
             raise RunNotFound(f"no run with id {run_id!r}")
         return Run.from_row(row)
 
+    async def cancel(self, run_id: str, *, reason: str = "cancelled", by: str = "api") -> bool:
+        """Cancel a run that has not finished. A running run stops before its next step.
+
+        Returns False if the run had already finished (nothing changed).
+        """
+        await self.get_run(run_id)  # RunNotFound for unknown ids
+        cancelled = await (await self.store()).cancel_runs(
+            [run_id], error_json=_cancellation(reason, by))
+        return bool(cancelled)
+
+    async def cancel_many(self, *, job_id: str, since_ms: int | None = None,
+                          until_ms: int | None = None, reason: str = "bulk cancel",
+                          by: str = "api") -> list[str]:
+        """Cancel every unfinished run of `job_id` created in [since_ms, until_ms)."""
+        store = await self.store()
+        cancelled: list[str] = []
+        before: str | None = None
+        while True:
+            rows = await store.list_runs(RunFilter(job_id=job_id, since_ms=since_ms,
+                                                   until_ms=until_ms, before=before, limit=500))
+            if not rows:
+                return cancelled
+            cancelled += await store.cancel_runs(
+                [row.id for row in rows if row.status not in FINISHED_STATUSES],
+                error_json=_cancellation(reason, by))
+            before = rows[-1].id
+
+    async def replay(self, run_id: str) -> str:
+        """Start a new run of the same job with the same event; returns the new run's id."""
+        original = await self.get_run(run_id)
+        new_run = NewRun(new_id(), self.app_id, original.job_id, original.event_id,
+                         time.time_ns() // 1_000_000)
+        store = await self.store()
+        await store.create_runs([new_run])
+        store.notify_local()
+        return new_run.id
+
     async def wait_for(self, run_id: str, *, timeout: float = 30.0) -> Run:
         """Wait until the run finished (completed, failed or cancelled) and return it."""
         deadline = time.monotonic() + timeout
@@ -357,6 +401,11 @@ class Stride:
                 raise WaitTimeout(f"run {run_id} is still {run.status} after {timeout} s")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.1)
+
+
+def _cancellation(reason: str, by: str) -> str:
+    return _codec.dumps_str({"name": "Cancelled", "message": reason, "by": by,
+                             "at": time.time_ns() // 1_000_000})
 
 
 class WorkerHandle:

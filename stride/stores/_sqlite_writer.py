@@ -32,6 +32,16 @@ class _Request:
     loop: asyncio.AbstractEventLoop
 
 
+@dataclass(slots=True)
+class WriterStats:
+    """What the writer committed so far. Cheap counters, so benchmarks and metrics can
+    report transactions and rows per job instead of guessing them."""
+
+    transactions: int = 0
+    ops: int = 0
+    rows_changed: int = 0
+
+
 class OpFailed(Exception):
     """Returned (not raised) by an op whose failure must not roll back its batch-mates."""
 
@@ -66,6 +76,7 @@ class SqliteWriter:
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="stride-sqlite-writer", daemon=True)
         self._started = False
+        self.stats = WriterStats()
 
     def start(self) -> None:
         self._started = True
@@ -150,6 +161,9 @@ class SqliteWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self.stats.transactions += 1
+        self.stats.ops += len(ops)
+        self.stats.rows_changed = conn.total_changes
         return results
 
     def _fail_all(self, batch: list[_Request], error: BaseException) -> None:

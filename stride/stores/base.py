@@ -205,6 +205,18 @@ class Store(Protocol):
 
     async def get_event(self, event_id: str) -> EventRow | None: ...
 
+    async def cancel_runs(self, run_ids: Sequence[str], *, error_json: str) -> list[str]:
+        """Cancel the runs that have not finished; returns the ids actually cancelled.
+
+        A run being executed is cancelled too: its worker's next checkpoint is refused, so
+        it stops before its next step.
+        """
+        ...
+
+    async def create_runs(self, runs: Sequence[NewRun]) -> None:
+        """Add runs for events that are already stored (replay)."""
+        ...
+
     async def wait_for_change(self, timeout: float) -> None:
         """Return when the store may have new work (a commit elsewhere) or after `timeout`."""
         ...

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from stride._ids import new_id
 from stride.errors import ConfigurationError, LeaseLost, StoreError
-from stride.stores._sqlite_writer import OpFailed, SqliteWriter, translate
+from stride.stores._sqlite_writer import OpFailed, SqliteWriter, WriterStats, translate
 from stride.stores.base import (
     ClaimedRun,
     EventRow,
@@ -86,6 +86,11 @@ class SqliteStore:
         self._version_conn: sqlite3.Connection | None = None
         self._data_version = -1
         self._opened = False
+
+    @property
+    def write_stats(self) -> WriterStats:
+        """Transactions, ops and rows this process committed (for benchmarks and metrics)."""
+        return self._writer.stats
 
     # -- connections -------------------------------------------------------
 
@@ -291,6 +296,35 @@ class SqliteStore:
             "SELECT id, name, data, user, ts FROM events WHERE id = ?", (event_id,)).fetchone())
         return EventRow(*row) if row else None
 
+    async def cancel_runs(self, run_ids: Sequence[str], *, error_json: str) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            now = _now_ms()
+            cancelled = []
+            for run_id in run_ids:
+                row = conn.execute(
+                    "UPDATE runs SET status = 'cancelled', error = ?, ended_at = ?, "
+                    "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+                    "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled') "
+                    "RETURNING id", (error_json, now, run_id)).fetchone()
+                if row:
+                    cancelled.append(row[0])
+            return cancelled
+
+        ids: list[str] = await self._writer.run(op)
+        return ids
+
+    async def create_runs(self, runs: Sequence[NewRun]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            now = _now_ms()
+            conn.executemany(
+                "INSERT INTO runs (id, app_id, job_id, event_id, status, available_at, rank, "
+                "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                [(r.id, r.app_id, r.job_id, r.event_id, r.available_at, r.available_at, now)
+                 for r in runs])
+
+        await self._writer.run(op)
+        self._changed.set()
+
 
 # -- the operations the writer thread runs, each inside a shared transaction --
 
@@ -462,8 +496,9 @@ def _checkpoint(conn: sqlite3.Connection, lease: Lease, step: StepRecord) -> obj
 
 
 def _lease_lost(lease: Lease) -> LeaseLost:
-    return LeaseLost(f"run {lease.run_id} is no longer held by this worker (lease expired and "
-                     "another worker took it over); this worker stops working on it")
+    return LeaseLost(f"run {lease.run_id} is no longer held by this worker (it was cancelled, "
+                     "or its lease expired and another worker took it over); this worker "
+                     "stops working on it")
 
 
 def _run_filter_sql(query: RunFilter) -> tuple[str, list[Any]]:
