@@ -25,7 +25,7 @@ from stride.errors import (
     WaitTimeout,
 )
 from stride.events import Event, EventType, OutgoingEvent
-from stride.jobs import Backoff, Job, JobConfig
+from stride.jobs import Backoff, EventTrigger, Job, JobConfig, on_event
 from stride.runs import Run, StepInfo
 from stride.step import Step, SyncStep
 
@@ -37,6 +37,7 @@ __all__ = [
     "Context",
     "DuplicateJobError",
     "Event",
+    "EventTrigger",
     "EventType",
     "InvalidEventError",
     "Job",
@@ -63,4 +64,5 @@ __all__ = [
     "WaitTimeout",
     "WorkerHandle",
     "current_idempotency_key",
+    "on_event",
 ]

@@ -109,7 +109,7 @@ class Stride:
         self.backoff = backoff or Backoff()
         self.logger = logger or logging.getLogger(f"stride.app.{app_id}")
         self._jobs: dict[str, Job[Any, Any]] = {}
-        self._routes: dict[str, list[Job[Any, Any]]] = {}
+        self._routes: dict[str, list[tuple[Job[Any, Any], EventTrigger]]] = {}
         self._event_types: dict[str, EventType[Any]] = {}
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                 asyncio.Task[Store]] = weakref.WeakKeyDictionary()
@@ -189,7 +189,7 @@ class Stride:
             self._event_types.setdefault(event_type.name, event_type)
         self._jobs[id] = job
         for trig in job.triggers:
-            self._routes.setdefault(trig.event, []).append(job)
+            self._routes.setdefault(trig.event, []).append((job, trig))
         return job
 
     # -- the store -------------------------------------------------------------
@@ -296,8 +296,11 @@ class Stride:
         now = time.time_ns() // 1_000_000
         new_event = NewEvent(event_id, name, _codec.dumps_str(data), _codec.dumps_str(user)
                              if user is not None else None, now)
-        runs = [NewRun(new_id(), self.app_id, job.id, event_id, now)
-                for job in self._routes.get(name, ())]
+        routes = self._routes.get(name, ())
+        if any(trigger.condition is not None for _, trigger in routes):
+            seen = {"id": event_id, "name": name, "data": data, "user": user, "ts": now}
+            routes = [(job, trigger) for job, trigger in routes if trigger.matches(seen)]
+        runs = [NewRun(new_id(), self.app_id, job.id, event_id, now) for job, _ in routes]
         return new_event, runs
 
     def _validate_data(self, name: str, data: Any) -> dict[str, Any]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import inspect
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from stride.errors import ConfigurationError
 from stride.events import EventType, validate_event_name
+from stride.expressions import Expression, compile_expression
 
 DataT = TypeVar("DataT")
 ResultT = TypeVar("ResultT")
@@ -79,10 +80,25 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class EventTrigger:
-    """Start a run for each event with this name."""
+    """Start a run for each event with this name (and, with `if_`, matching a CEL filter)."""
 
     event: str
     if_: str | None = None
+    condition: Expression | None = field(default=None, compare=False, repr=False)
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        return self.condition is None or self.condition.is_true(event=event)
+
+
+def on_event(event: str | EventType[Any], *, if_: str | None = None) -> EventTrigger:
+    """A trigger on an event name with an optional CEL filter over `event`.
+
+    Example:
+        @jobs.define_job(id="scan", trigger=on_event("context/file.uploaded",
+                                                     if_="event.data.size > 0"))
+    """
+    name = event.name if isinstance(event, EventType) else validate_event_name(event)
+    return EventTrigger(name, if_)
 
 
 Trigger = EventTrigger
@@ -173,7 +189,9 @@ def _normalise_triggers(
             event_types[spec.name] = spec
             triggers.append(EventTrigger(spec.name))
         elif isinstance(spec, EventTrigger):
-            triggers.append(EventTrigger(validate_event_name(spec.event), spec.if_))
+            condition = (compile_expression(spec.if_, owner=f"job {job_id!r} trigger filter")
+                         if spec.if_ is not None else None)
+            triggers.append(EventTrigger(validate_event_name(spec.event), spec.if_, condition))
         elif isinstance(spec, str):
             triggers.append(EventTrigger(validate_event_name(spec)))
         else:
