@@ -25,7 +25,7 @@ from stride.errors import (
     WaitTimeout,
 )
 from stride.events import Event, EventType, OutgoingEvent
-from stride.jobs import Backoff, EventTrigger, Job, JobConfig, on_event
+from stride.jobs import Backoff, CronTrigger, EventTrigger, Job, JobConfig, cron, on_event
 from stride.runs import Run, StepInfo
 from stride.step import Step, SyncStep
 
@@ -35,6 +35,7 @@ __all__ = [
     "Backoff",
     "ConfigurationError",
     "Context",
+    "CronTrigger",
     "DuplicateJobError",
     "Event",
     "EventTrigger",
@@ -63,6 +64,7 @@ __all__ = [
     "SyncStep",
     "WaitTimeout",
     "WorkerHandle",
+    "cron",
     "current_idempotency_key",
     "on_event",
 ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stride import _codec
+from stride._cron import CronScheduler
 from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
 from stride._ids import new_id
 from stride._looper import Looper
@@ -35,6 +36,7 @@ DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_POLL_SECONDS = 0.25
 MAX_CLAIM_BATCH = 256
+CRON_INTERVAL_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ class Worker:
         lease = options.lease_seconds
         self._heartbeat = Looper("heartbeat", lease / 3, self._beat)
         self._reclaimer = Looper("reclaimer", max(0.2, lease / 4), self._reclaim)
+        self._cron = CronScheduler(app_id=app_id, jobs=jobs, store=store)
+        self._cron_looper = Looper("cron", CRON_INTERVAL_SECONDS, self._fire_cron)
 
     @property
     def active_runs(self) -> int:
@@ -88,6 +92,8 @@ class Worker:
         await self._beat()
         self._heartbeat.start()
         self._reclaimer.start()
+        if self._cron.has_work:
+            self._cron_looper.start()
         self._claim_task = asyncio.create_task(self._claim_loop(), name="stride-claim")
         log.info("worker %s started (concurrency %d, jobs: %s)", self.id,
                  self.options.concurrency, ", ".join(sorted(self._jobs)) or "none")
@@ -110,6 +116,7 @@ class Worker:
             await self._release([lease for _, lease in leftover])
         await self._heartbeat.stop()
         await self._reclaimer.stop()
+        await self._cron_looper.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.id)
 
@@ -220,6 +227,9 @@ class Worker:
         await self._store.heartbeat(worker_id=self.id, app_id=self.app_id,
                                     lease_ms=int(self.options.lease_seconds * 1000),
                                     info_json=_codec.dumps_str(info))
+
+    async def _fire_cron(self) -> None:
+        await self._cron.tick()
 
     async def _reclaim(self) -> None:
         for run_id in await self._store.reclaim_expired():

@@ -189,7 +189,8 @@ class Stride:
             self._event_types.setdefault(event_type.name, event_type)
         self._jobs[id] = job
         for trig in job.triggers:
-            self._routes.setdefault(trig.event, []).append((job, trig))
+            if isinstance(trig, EventTrigger):
+                self._routes.setdefault(trig.event, []).append((job, trig))
         return job
 
     # -- the store -------------------------------------------------------------

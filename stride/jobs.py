@@ -11,8 +11,11 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
 
 from stride.errors import ConfigurationError
 from stride.events import EventType, validate_event_name
@@ -101,8 +104,51 @@ def on_event(event: str | EventType[Any], *, if_: str | None = None) -> EventTri
     return EventTrigger(name, if_)
 
 
-Trigger = EventTrigger
-TriggerSpec = EventType[Any] | str | EventTrigger
+MissedTicks = Literal["skip", "run_once"]
+
+
+@dataclass(frozen=True, slots=True)
+class CronTrigger:
+    """Start a run on a cron schedule (5 fields, or 6 with seconds last), in time zone `tz`."""
+
+    schedule: str
+    tz: str = "UTC"
+    missed: MissedTicks = "skip"
+
+    def __post_init__(self) -> None:
+        if not croniter.is_valid(self.schedule):
+            raise ConfigurationError(
+                f"cron schedule {self.schedule!r} is not valid; use 5 fields "
+                "(minute hour day-of-month month day-of-week), e.g. '0 9 * * MON'")
+        try:
+            ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigurationError(f"cron time zone {self.tz!r} is unknown") from exc
+        if self.missed not in ("skip", "run_once"):
+            raise ConfigurationError(f"cron missed= must be 'skip' or 'run_once', "
+                                     f"got {self.missed!r}")
+
+    def previous_tick(self, now: datetime) -> datetime:
+        """The latest scheduled instant at or before `now`."""
+        local = now.astimezone(ZoneInfo(self.tz))
+        ahead = croniter(self.schedule, local).get_next(datetime)
+        if ahead == local:
+            return ahead
+        tick: datetime = croniter(self.schedule, local).get_prev(datetime)
+        return tick
+
+
+def cron(schedule: str, *, tz: str = "UTC", missed: MissedTicks = "skip") -> CronTrigger:
+    """A cron trigger: `trigger=cron("0 9 * * MON", tz="Europe/Berlin")`.
+
+    Each tick starts one run across all workers and machines. Ticks missed while nothing was
+    running are skipped, or with `missed="run_once"` the latest one runs once.
+    """
+    return CronTrigger(schedule, tz, missed)
+
+
+Trigger = EventTrigger | CronTrigger
+TriggerSpec = EventType[Any] | str | EventTrigger | CronTrigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +169,7 @@ class Job(Generic[DataT, ResultT]):
     id: str
     name: str
     handler: Callable[..., Any]
-    triggers: tuple[EventTrigger, ...]
+    triggers: tuple[Trigger, ...]
     retries: int
     concurrency: int | None
     backoff: Backoff
@@ -139,8 +185,14 @@ class Job(Generic[DataT, ResultT]):
         return {
             "id": self.id, "name": self.name, "retries": self.retries,
             "concurrency": self.concurrency,
-            "triggers": [{"event": t.event, "if": t.if_} for t in self.triggers],
+            "triggers": [_describe_trigger(t) for t in self.triggers],
         }
+
+
+def _describe_trigger(trigger: Trigger) -> dict[str, Any]:
+    if isinstance(trigger, CronTrigger):
+        return {"cron": trigger.schedule, "tz": trigger.tz, "missed": trigger.missed}
+    return {"event": trigger.event, "if": trigger.if_}
 
 
 def build_job(
@@ -176,13 +228,14 @@ def _check_job_id(job_id: object) -> None:
 
 def _normalise_triggers(
     job_id: str, trigger: TriggerSpec | Sequence[TriggerSpec]
-) -> tuple[tuple[EventTrigger, ...], dict[str, EventType[Any]]]:
+) -> tuple[tuple[Trigger, ...], dict[str, EventType[Any]]]:
     specs: Sequence[TriggerSpec] = (
-        [trigger] if isinstance(trigger, (str, EventType, EventTrigger)) else list(trigger)
+        [trigger] if isinstance(trigger, (str, EventType, EventTrigger, CronTrigger))
+        else list(trigger)
     )
     if not specs:
         raise ConfigurationError(f"job {job_id!r} has no trigger; give an event name or type")
-    triggers: list[EventTrigger] = []
+    triggers: list[Trigger] = []
     event_types: dict[str, EventType[Any]] = {}
     for spec in specs:
         if isinstance(spec, EventType):
@@ -192,6 +245,8 @@ def _normalise_triggers(
             condition = (compile_expression(spec.if_, owner=f"job {job_id!r} trigger filter")
                          if spec.if_ is not None else None)
             triggers.append(EventTrigger(validate_event_name(spec.event), spec.if_, condition))
+        elif isinstance(spec, CronTrigger):
+            triggers.append(spec)
         elif isinstance(spec, str):
             triggers.append(EventTrigger(validate_event_name(spec)))
         else:
