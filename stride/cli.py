@@ -1,71 +1,146 @@
 """The `stride` command. Thin: parse arguments, then call the runtime.
 
 Every StrideError ends the command with one line on stderr and exit status 2; tracebacks
-are for bugs only.
+are for bugs only. The commands live in `_cli_commands` (one-shot) and `_cli_dev` (the
+dev loop); tables are drawn by `_cli_render`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
-from stride._loader import load_app
-from stride.app import Stride
+from stride import _cli_commands, _cli_dev
+from stride._cli_db import DEFAULT_BUSY_TIMEOUT
 from stride.errors import StrideError
+from stride.logging import LOG_FORMATS, configure_logging
+from stride.stores.base import RUN_STATUSES
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+APP_HELP = "import path of the app, e.g. examples.porygon.app:jobs"
+DB_HELP = ("database URL (default: STRIDE_DATABASE_URL, else APP's, else "
+           "sqlite:///.stride/stride.db)")
+DEMO_HELP = ("also dispatch example events: calls `async def demo(jobs: Stride) -> None` "
+             "from APP's module (cancelled on exit)")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Durable background jobs.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    commands = parser.add_subparsers(dest="command", required=True)
-    worker = commands.add_parser("worker", help="run a worker for APP")
-    worker.add_argument("app", metavar="APP", help="import path, e.g. examples.porygon.app:jobs")
-    worker.add_argument("--concurrency", type=int, default=10)
-    worker.add_argument("--lease", type=float, default=30.0, help="lease seconds")
-    worker.add_argument("--grace", type=float, default=10.0, help="shutdown grace seconds")
-    migrate = commands.add_parser("migrate", help="create or upgrade the store's schema")
-    migrate.add_argument("app", metavar="APP", nargs="?", help="APP whose database to migrate")
-    migrate.add_argument("--database-url", help="instead of APP: the database URL")
+    _add_common(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_worker, _add_dev, _add_send, _add_runs, _add_run, _add_migrate):
+        sub = add(commands)
+        _add_common(sub, top=False)
     return parser
 
 
-async def _run_worker(app: Stride, args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    handle = app.worker(concurrency=args.concurrency, lease=args.lease, grace=args.grace)
-    try:
-        await handle.run(stop)
-    finally:
-        await app.aclose()
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options accepted before and after the command (`stride --log-level DEBUG dev APP` and
+    `stride dev APP --log-level DEBUG`); only the top level holds the defaults, so a value
+    given before the command is not reset by the command's parser."""
+
+    def given(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--log-level", default=given("INFO"),
+                        help="DEBUG, INFO, WARNING or ERROR (DEBUG shows every run change)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=given("text"),
+                        help="text for people, json for log collectors (one object a line)")
+    parser.add_argument("--busy-timeout", type=float, default=given(DEFAULT_BUSY_TIMEOUT),
+                        metavar="S", help="SQLite: seconds to wait for another process's lock")
 
 
-async def _migrate(args: argparse.Namespace) -> None:
-    if args.app:
-        app = load_app(args.app)
-    else:
-        app = Stride(app_id="stride-migrate", database_url=args.database_url)
-    await app.store()
-    await app.aclose()
-    print(f"migrated {app.database_url}")
+def _add_worker(commands: Any) -> argparse.ArgumentParser:
+    worker: argparse.ArgumentParser = commands.add_parser(
+        "worker", help="run a worker for APP until SIGINT/SIGTERM")
+    worker.add_argument("app", metavar="APP", help=APP_HELP)
+    worker.add_argument("--concurrency", type=int, default=10, help="runs at a time")
+    worker.add_argument("--lease", type=float, default=30.0, help="lease seconds")
+    worker.add_argument("--grace", type=float, default=10.0, help="shutdown grace seconds")
+    worker.set_defaults(handler=_cli_commands.worker)
+    return worker
+
+
+def _add_dev(commands: Any) -> argparse.ArgumentParser:
+    dev: argparse.ArgumentParser = commands.add_parser(
+        "dev", help="worker + live view of runs in one process (Ctrl-C stops)",
+        description="Run APP's jobs on its store (SQLite by default) and show runs and steps "
+                    "as they happen.")
+    dev.add_argument("app", metavar="APP", help=APP_HELP)
+    dev.add_argument("--demo", action="store_true", help=DEMO_HELP)
+    dev.add_argument("--concurrency", type=int, default=10, help="runs at a time")
+    dev.add_argument("--grace", type=float, default=5.0, help="shutdown grace seconds")
+    dev.add_argument("--no-live", action="store_true",
+                     help="print one line per run change instead of a live table")
+    dev.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
+                     help="stop after this many seconds")
+    dev.set_defaults(handler=_cli_dev.dev)
+    return dev
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app", metavar="APP", help=APP_HELP)
+    parser.add_argument("--database-url", metavar="URL", help=DB_HELP)
+
+
+def _add_send(commands: Any) -> argparse.ArgumentParser:
+    send: argparse.ArgumentParser = commands.add_parser(
+        "send", help="dispatch one event and print its id",
+        description="Dispatch one event. With --app the event triggers APP's jobs; without "
+                    "it, the event is stored with no runs.")
+    send.add_argument("name", metavar="NAME", help="event name, e.g. context/file.uploaded")
+    send.add_argument("--data", default="{}", metavar="JSON", help="event data (a JSON object)")
+    send.add_argument("--user", metavar="JSON", help="who caused the event (a JSON object)")
+    send.add_argument("--id", metavar="ID", help="event id (deduplicates repeated sends)")
+    _add_database_options(send)
+    send.set_defaults(handler=_cli_commands.send)
+    return send
+
+
+def _add_runs(commands: Any) -> argparse.ArgumentParser:
+    runs: argparse.ArgumentParser = commands.add_parser("runs", help="list the newest runs")
+    runs.add_argument("--job", metavar="JOB", help="only this job id")
+    runs.add_argument("--status", choices=RUN_STATUSES, help="only runs in this status")
+    runs.add_argument("--since", metavar="DURATION", help="only runs created since, e.g. 10m")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    _add_database_options(runs)
+    runs.set_defaults(handler=_cli_commands.runs)
+    return runs
+
+
+def _add_run(commands: Any) -> argparse.ArgumentParser:
+    run: argparse.ArgumentParser = commands.add_parser(
+        "run", help="show one run: event, output or error, steps and attempts")
+    run.add_argument("run_id", metavar="ID", help="the run id")
+    run.add_argument("--tracebacks", action="store_true",
+                     help="also print the traceback of every failed step attempt")
+    _add_database_options(run)
+    run.set_defaults(handler=_cli_commands.run)
+    return run
+
+
+def _add_migrate(commands: Any) -> argparse.ArgumentParser:
+    migrate: argparse.ArgumentParser = commands.add_parser(
+        "migrate", help="create or upgrade the store's schema")
+    migrate.add_argument("app", metavar="APP", nargs="?", help="APP whose database to migrate")
+    migrate.add_argument("--database-url", metavar="URL", help="instead of APP's: this URL")
+    migrate.set_defaults(handler=_cli_commands.migrate)
+    return migrate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `stride` and `python -m stride`; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: Command = args.handler
     try:
-        if args.command == "worker":
-            asyncio.run(_run_worker(load_app(args.app), args))
-        elif args.command == "migrate":
-            asyncio.run(_migrate(args))
+        configure_logging(args.log_level, args.log_format)
+        asyncio.run(handler(args))
     except StrideError as exc:
-        print(f"stride: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"stride: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,53 @@
+"""Porygon's background jobs: the Stride example app.
+
+    stride dev examples.porygon.app:jobs --demo     # watch runs, steps and retries live
+
+Four jobs, each triggered by a typed event:
+
+| event                       | job                    | what it shows                          |
+| --------------------------- | ---------------------- | -------------------------------------- |
+| `system/health.check`       | `health-check`         | a plain `def` handler, step timing     |
+| `context/file.uploaded`     | `process-context-file` | retries, flaky storage, broken uploads |
+| `ai/generation.requested`   | `generate-ai-response` | steps reading other jobs' results      |
+| `messaging/send.requested`  | `process-message`      | idempotent delivery to the outside     |
+
+`jobs` uses STRIDE_DATABASE_URL (else ./.stride/stride.db); `create_app(database_url=...)`
+builds another instance, e.g. for tests. Results go to STRIDE_EXAMPLE_OUTPUT (else
+./.stride/summaries).
+"""
+
+from examples.porygon.demo import demo
+from examples.porygon.jobs_ai import GenerationRequested, generate_ai_response
+from examples.porygon.jobs_files import FileUploaded, process_context_file
+from examples.porygon.jobs_messaging import SendRequested, process_message
+from examples.porygon.jobs_system import HealthCheck, health_check
+from stride import JobConfig, Stride
+
+__all__ = [
+    "FileUploaded",
+    "GenerationRequested",
+    "HealthCheck",
+    "SendRequested",
+    "create_app",
+    "demo",
+    "jobs",
+]
+
+
+def create_app(database_url: str | None = None) -> Stride:
+    """A Porygon app with every event type and job registered, on `database_url`."""
+    app = Stride(app_id="porygon", database_url=database_url)
+    app.define_job(JobConfig(id="health-check", name="Health check", retries=1),
+                   app.event("system/health.check", HealthCheck), health_check)
+    app.define_job(JobConfig(id="process-context-file", name="Process context file",
+                             retries=3, concurrency=5),
+                   app.event("context/file.uploaded", FileUploaded), process_context_file)
+    app.define_job(JobConfig(id="generate-ai-response", name="Generate AI response", retries=3),
+                   app.event("ai/generation.requested", GenerationRequested),
+                   generate_ai_response)
+    app.define_job(JobConfig(id="process-message", name="Process message", retries=3),
+                   app.event("messaging/send.requested", SendRequested), process_message)
+    return app
+
+
+jobs = create_app()
