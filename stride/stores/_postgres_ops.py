@@ -1,0 +1,153 @@
+"""The write ops the group-commit writer merges: each turns N queued items into one statement.
+
+Items are plain tuples; `results` maps the statement's RETURNING rows back to one outcome
+per item (a value, or a `LeaseLost` for the item whose lease no longer matched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stride.errors import LeaseLost
+from stride.stores.base import Lease, NewEvent, NewRun, PublishResult, RunStatus, StepRecord
+
+PublishItem = Sequence[tuple[NewEvent, Sequence[NewRun]]]
+CheckpointItem = tuple[Lease, StepRecord]
+FinishItem = tuple[Lease, RunStatus, str | None, str | None, str | None]
+RescheduleItem = tuple[Lease, int, RunStatus, int | None, str | None]
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"run {lease.run_id} is no longer held by this worker (lease expired and "
+                     "another worker took it over); this worker stops working on it")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOp:
+    """Events and their runs. An event id seen before (stored, or earlier in this same
+    batch) is a duplicate, dropped with its runs. Rows go in id order, so two concurrent
+    publishes of overlapping ids lock them in the same order and cannot deadlock."""
+
+    sql: str
+    name: str = "publish"
+
+    def params(self, items: Sequence[PublishItem], now: int) -> Sequence[Any]:
+        events: dict[str, tuple[NewEvent, Sequence[NewRun]]] = {}
+        for batch in items:
+            for event, runs in batch:
+                events.setdefault(event.id, (event, runs))
+        ordered = [events[key] for key in sorted(events)]
+        runs = [run for _, event_runs in ordered for run in event_runs]
+        return (now, [e.id for e, _ in ordered], [e.name for e, _ in ordered],
+                [e.data_json for e, _ in ordered], [e.user_json for e, _ in ordered],
+                [e.ts for e, _ in ordered], now, [r.id for r in runs], [r.app_id for r in runs],
+                [r.job_id for r in runs], [r.event_id for r in runs],
+                [r.available_at for r in runs])
+
+    def results(self, items: Sequence[PublishItem],
+                rows: list[tuple[Any, ...]]) -> list[PublishResult]:
+        fresh = {row[0] for row in rows}
+        results = []
+        for batch in items:
+            accepted: list[str] = []
+            duplicates: list[str] = []
+            created = 0
+            for event, runs in batch:
+                if event.id in fresh:
+                    fresh.discard(event.id)  # a later copy of the same id is a duplicate
+                    accepted.append(event.id)
+                    created += len(runs)
+                else:
+                    duplicates.append(event.id)
+            results.append(PublishResult(tuple(accepted), tuple(duplicates), created))
+        return results
+
+    def wakes(self, items: Sequence[PublishItem], now: int) -> bool:
+        return True
+
+    def lease(self, item: PublishItem) -> Lease | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOp:
+    """Step upserts, each guarded by its run's lease; completed steps are never overwritten."""
+
+    sql: str
+    name: str = "checkpoint"
+
+    def params(self, items: Sequence[CheckpointItem], now: int) -> Sequence[Any]:
+        steps = [step for _, step in items]
+        run_ids = [lease.run_id for lease, _ in items]
+        return (run_ids, [lease.token for lease, _ in items], [s.step_id for s in steps],
+                [s.position for s in steps], [s.kind for s in steps], [s.status for s in steps],
+                [s.output_json for s in steps], [s.error_json for s in steps],
+                [s.attempts for s in steps], [s.errors_json for s in steps],
+                [s.started_at for s in steps], [s.ended_at for s in steps],
+                [s.wake_at for s in steps], run_ids)
+
+    def results(self, items: Sequence[CheckpointItem],
+                rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
+        written = {(row[0], row[1]) for row in rows}
+        return [None if (lease.run_id, step.step_id) in written else lease_lost(lease)
+                for lease, step in items]
+
+    def wakes(self, items: Sequence[CheckpointItem], now: int) -> bool:
+        return False
+
+    def lease(self, item: CheckpointItem) -> Lease | None:
+        return item[0]
+
+
+@dataclass(frozen=True, slots=True)
+class FinishOp:
+    """Runs completed or failed: exactly once, by the holder of the lease."""
+
+    sql: str
+    name: str = "finish"
+
+    def params(self, items: Sequence[FinishItem], now: int) -> Sequence[Any]:
+        return (now, [i[0].run_id for i in items], [i[0].token for i in items],
+                [i[1] for i in items], [i[2] for i in items], [i[3] for i in items],
+                [i[4] for i in items])
+
+    def results(self, items: Sequence[FinishItem],
+                rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
+        return _by_run_id(items, rows)
+
+    def wakes(self, items: Sequence[FinishItem], now: int) -> bool:
+        return False
+
+    def lease(self, item: FinishItem) -> Lease | None:
+        return item[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RescheduleOp:
+    """Runs given back to be claimed again at `available_at` (a retry, a sleep, a drain)."""
+
+    sql: str
+    name: str = "reschedule"
+
+    def params(self, items: Sequence[RescheduleItem], now: int) -> Sequence[Any]:
+        return ([i[0].run_id for i in items], [i[0].token for i in items],
+                [i[2] for i in items], [i[1] for i in items], [i[3] for i in items],
+                [i[4] for i in items])
+
+    def results(self, items: Sequence[RescheduleItem],
+                rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
+        return _by_run_id(items, rows)
+
+    def wakes(self, items: Sequence[RescheduleItem], now: int) -> bool:
+        return any(item[1] <= now for item in items)
+
+    def lease(self, item: RescheduleItem) -> Lease | None:
+        return item[0]
+
+
+def _by_run_id(items: Sequence[tuple[Any, ...]],
+               rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
+    done = {row[0] for row in rows}
+    return [None if item[0].run_id in done else lease_lost(item[0]) for item in items]

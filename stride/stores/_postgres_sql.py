@@ -1,0 +1,162 @@
+"""Every SQL statement of the PostgreSQL store, with the schema name filled in once.
+
+Names are always schema-qualified (never via search_path), because some statements run on
+the application's own connection (transactional dispatch), whose search_path is the app's.
+Writes that the group-commit writer merges take arrays and `unnest` them, so one statement
+serves a whole batch, and its text never changes with the batch size (prepared once).
+"""
+
+from __future__ import annotations
+
+_DUE = "status IN ('queued', 'sleeping', 'waiting')"
+RUN_COLUMNS = (
+    "id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at, "
+    "available_at, output, error, errors, lease_owner"
+)
+STEP_COLUMNS = (
+    "step_id, position, kind, status, output, error, attempts, errors, started_at, ended_at, "
+    "wake_at"
+)
+_LEASE_CLEARED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+
+
+class Statements:
+    """The SQL text for one schema. Attributes are plain strings, built at construction."""
+
+    def __init__(self, schema: str) -> None:
+        s = f'"{schema}"'
+        self.schema = schema
+        self.publish = _publish(s)
+        self.checkpoint = _checkpoint(s)
+        self.finish = (
+            f"UPDATE {s}.runs r SET status = u.status, output = u.output, error = u.error, "
+            "errors = coalesce(u.errors, r.errors), ended_at = %s, "
+            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+            "%s::text[]) AS u(id, token, status, output, error, errors) "
+            "WHERE r.id = u.id AND r.lease_token = u.token AND r.status = 'running' "
+            "RETURNING r.id")
+        self.reschedule = (
+            f"UPDATE {s}.runs r SET status = u.status, available_at = u.at, rank = u.at, "
+            f"{_LEASE_CLEARED}, attempt = coalesce(u.attempt, r.attempt), "
+            "errors = coalesce(u.errors, r.errors) "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::int[], "
+            "%s::text[]) AS u(id, token, status, at, attempt, errors) "
+            "WHERE r.id = u.id AND r.lease_token = u.token RETURNING r.id")
+        self.release = (
+            f"UPDATE {s}.runs r SET status = 'queued', available_at = %s, rank = %s, "
+            f"{_LEASE_CLEARED} FROM unnest(%s::text[], %s::text[]) AS u(id, token) "
+            "WHERE r.id = u.id AND r.lease_token = u.token")
+        self.release_claim = (
+            f"UPDATE {s}.runs SET status = 'queued', available_at = %s, rank = %s, "
+            f"{_LEASE_CLEARED} WHERE lease_token = ANY(%s::text[]) AND status = 'running'")
+        self.notify = "SELECT pg_notify(%s, '')"
+        self.lock_jobs = (
+            "SELECT pg_advisory_xact_lock(hashtext(%s::text), "
+            "hashtext(%s::text || '/' || j.job_id)) "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS j(job_id, n) ORDER BY j.n")
+        self.claim_unlimited = _claim(s, limited=False)
+        self.claim_limited = _claim(s, limited=True)
+        self.heartbeat = (
+            f"WITH held AS (SELECT id FROM {s}.runs WHERE lease_owner = %(worker)s AND "
+            "status = 'running' FOR NO KEY UPDATE SKIP LOCKED), "
+            f"extended AS (UPDATE {s}.runs r SET lease_expires_at = %(expires)s FROM held "
+            "WHERE r.id = held.id RETURNING 1), "
+            f"seen AS (INSERT INTO {s}.workers (id, app_id, info, started_at, heartbeat_at) "
+            "VALUES (%(worker)s, %(app)s, %(info)s, %(now)s, %(now)s) ON CONFLICT (id) DO "
+            "UPDATE SET heartbeat_at = excluded.heartbeat_at, info = excluded.info) "
+            f"SELECT count(*) FROM {s}.runs WHERE lease_owner = %(worker)s AND "
+            "status = 'running'")
+        self.reclaim = (
+            f"WITH expired AS (SELECT id FROM {s}.runs WHERE status = 'running' AND "
+            "lease_expires_at < %(now)s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {s}.runs r SET status = 'queued', {_LEASE_CLEARED}, "
+            "available_at = %(now)s, rank = %(now)s FROM expired WHERE r.id = expired.id "
+            "RETURNING r.id")
+        self.steps_of = (
+            f"SELECT run_id, {STEP_COLUMNS} FROM {s}.steps WHERE run_id = ANY(%s::text[]) "
+            "ORDER BY run_id, position")
+        self.get_run = f"SELECT {RUN_COLUMNS} FROM {s}.runs WHERE id = %s"
+        self.list_runs = f"SELECT {RUN_COLUMNS} FROM {s}.runs {{where}} ORDER BY id DESC LIMIT %s"
+        self.get_event = f'SELECT id, name, data, "user", ts FROM {s}.events WHERE id = %s'
+        self.prune_runs = (
+            f"WITH doomed AS (SELECT id FROM {s}.runs WHERE ended_at < %(cutoff)s AND "
+            "status IN ('completed', 'failed', 'cancelled') ORDER BY ended_at "
+            "LIMIT %(batch)s FOR UPDATE SKIP LOCKED), "
+            f"gone_steps AS (DELETE FROM {s}.steps WHERE run_id IN (SELECT id FROM doomed)) "
+            f"DELETE FROM {s}.runs WHERE id IN (SELECT id FROM doomed)")
+        self.prune_events = (
+            f"DELETE FROM {s}.events WHERE id IN (SELECT e.id FROM {s}.events e WHERE "
+            f"e.received_at < %(cutoff)s AND NOT EXISTS (SELECT 1 FROM {s}.runs r "
+            "WHERE r.event_id = e.id) ORDER BY e.received_at LIMIT %(batch)s "
+            "FOR UPDATE SKIP LOCKED)")
+
+
+def _publish(s: str) -> str:
+    # Events that already exist are skipped (ON CONFLICT DO NOTHING) and only the runs of
+    # the events this statement inserted are created: dedupe and insert in one round trip.
+    return (
+        f"WITH fresh AS (INSERT INTO {s}.events (id, name, data, \"user\", ts, received_at) "
+        "SELECT e.id, e.name, e.data, e.usr, e.ts, %s FROM unnest(%s::text[], %s::text[], "
+        "%s::text[], %s::text[], %s::bigint[]) AS e(id, name, data, usr, ts) "
+        "ON CONFLICT (id) DO NOTHING RETURNING id), "
+        f"created AS (INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, "
+        "available_at, rank, created_at) SELECT r.id, r.app_id, r.job_id, r.event_id, "
+        "'queued', r.at, r.at, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+        "%s::bigint[]) AS r(id, app_id, job_id, event_id, at) "
+        "WHERE r.event_id IN (SELECT id FROM fresh) RETURNING 1) "
+        "SELECT id FROM fresh")
+
+
+def _checkpoint(s: str) -> str:
+    # FOR SHARE on the run makes the lease check hold until commit: a reclaim that moves the
+    # lease waits for this transaction (or this one sees the new token and writes nothing).
+    # A completed step is never overwritten; the worker learns it through a missing row.
+    return (
+        f"INSERT INTO {s}.steps (run_id, step_id, position, kind, status, output, error, "
+        "attempts, errors, started_at, ended_at, wake_at) "
+        "SELECT u.run_id, u.step_id, u.position, u.kind, u.status, u.output, u.error, "
+        "u.attempts, u.errors, u.started_at, u.ended_at, u.wake_at "
+        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[], "
+        "%s::text[], %s::text[], %s::int[], %s::text[], %s::bigint[], %s::bigint[], "
+        "%s::bigint[]) AS u(run_id, token, step_id, position, kind, status, output, error, "
+        "attempts, errors, started_at, ended_at, wake_at), "
+        f"(SELECT id, lease_token FROM {s}.runs WHERE id = ANY(%s::text[]) AND "
+        "status = 'running' FOR SHARE) AS r "
+        "WHERE r.id = u.run_id AND r.lease_token = u.token "
+        "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, "
+        "output = excluded.output, error = excluded.error, attempts = excluded.attempts, "
+        "errors = excluded.errors, ended_at = excluded.ended_at, wake_at = excluded.wake_at "
+        f"WHERE {s}.steps.status <> 'completed' RETURNING run_id, step_id")
+
+
+def _claim(s: str, *, limited: bool) -> str:
+    # One statement: pick due runs in rank order (SKIP LOCKED, so concurrent claimers take
+    # different runs), lease them, and return them with their events. Jobs with a
+    # concurrency limit each get their own pick, capped by their free capacity, so a job at
+    # its limit cannot crowd the others out of the batch (no starvation). The caller holds
+    # the advisory locks of those jobs, so the running counts cannot change under it.
+    due = f"{_DUE} AND available_at <= %(now)s AND app_id = %(app)s"
+    unlimited = (f"SELECT * FROM (SELECT id, rank, started_at FROM {s}.runs WHERE {due} "
+                 "AND job_id = ANY(%(jobs)s::text[]) ORDER BY rank LIMIT %(limit)s "
+                 "FOR UPDATE SKIP LOCKED) AS a")
+    capped = (
+        f"SELECT c.* FROM (SELECT l.job_id, l.cap - (SELECT count(*) FROM {s}.runs x "
+        "WHERE x.status = 'running' AND x.app_id = %(app)s AND x.job_id = l.job_id) AS free "
+        "FROM unnest(%(limited)s::text[], %(caps)s::int[]) AS l(job_id, cap)) AS f "
+        f"CROSS JOIN LATERAL (SELECT id, rank, started_at FROM {s}.runs WHERE {due} "
+        "AND job_id = f.job_id ORDER BY rank LIMIT greatest(least(f.free, %(limit)s), 0) "
+        "FOR UPDATE SKIP LOCKED) AS c")
+    candidates = f"{unlimited} UNION ALL {capped}" if limited else unlimited
+    return (
+        f"WITH candidates AS ({candidates}), "
+        "picked AS (SELECT id, rank, started_at FROM candidates ORDER BY rank "
+        "LIMIT %(limit)s), "
+        f"leased AS (UPDATE {s}.runs r SET status = 'running', lease_owner = %(worker)s, "
+        "lease_token = %(token)s, lease_expires_at = %(expires)s, "
+        "started_at = coalesce(r.started_at, %(now)s) FROM picked WHERE r.id = picked.id "
+        "RETURNING r.id, r.job_id, r.event_id, r.attempt, r.errors, r.created_at, "
+        "picked.rank, picked.started_at IS NOT NULL AS resumed) "
+        "SELECT l.id, l.job_id, l.attempt, l.errors, l.created_at, l.resumed, "
+        f'e.id, e.name, e.data, e."user", e.ts FROM leased l JOIN {s}.events e '
+        "ON e.id = l.event_id ORDER BY l.rank")

@@ -1,0 +1,498 @@
+"""The PostgreSQL store: many workers on many machines, one database.
+
+Same semantics as the SQLite store, method for method (the conformance suite checks it).
+What PostgreSQL adds:
+- claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers take different runs without
+  waiting on each other; a job with a concurrency limit is claimed under a transaction-level
+  advisory lock per (app, job), so its limit holds across every process;
+- checkpoints, finishes, reschedules and publishes share transactions (group commit,
+  `_postgres_writer`);
+- `LISTEN/NOTIFY` wakes idle workers: one notification per publish or reschedule
+  transaction, on a channel named after the schema (`_postgres_listener`);
+- `publish(..., conn=app_connection)` writes in the application's own transaction
+  (transactional outbox); NOTIFY is transactional too, so workers hear of it at its commit.
+
+Example:
+    jobs = Stride(app_id="porygon",
+                  database_url="postgresql://app@db:5432/porygon?schema=stride")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+
+from stride._ids import new_id
+from stride.errors import ConfigurationError, StoreUnavailable
+from stride.stores._postgres_conn import (
+    PgTarget,
+    is_unavailable,
+    libpq_timeout,
+    parse_postgres_url,
+    translate,
+)
+from stride.stores._postgres_listener import Listener
+from stride.stores._postgres_migrate import migrate
+from stride.stores._postgres_ops import (
+    CheckpointOp,
+    FinishOp,
+    PublishItem,
+    PublishOp,
+    RescheduleOp,
+)
+from stride.stores._postgres_sql import Statements
+from stride.stores._postgres_writer import GroupCommitWriter, OpKind, transaction
+from stride.stores.base import (
+    ClaimedRun,
+    EventRow,
+    Lease,
+    NewEvent,
+    NewRun,
+    PublishResult,
+    RunFilter,
+    RunRow,
+    RunStatus,
+    StepRecord,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("stride.store.postgres")
+
+DEFAULT_POOL_MIN = 2
+DEFAULT_POOL_MAX = 10
+DEFAULT_POOL_TIMEOUT = 5.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_WRITE_PATIENCE = 30.0
+_ORPHAN_RETRY_SECONDS = 1.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PostgresStore:
+    """Store backend on a PostgreSQL schema. Construct, then `await open()`.
+
+    `schema` (or `?schema=` in the URL; default "stride") holds every table. `pool_min` and
+    `pool_max` size the connection pool; `pool_timeout` is how long an operation waits for a
+    connection; `write_patience` is how long a worker's writes (checkpoints, finishes) keep
+    retrying while the server is unreachable (dispatches give up after `pool_timeout`).
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None,
+                 pool_min: int = DEFAULT_POOL_MIN, pool_max: int = DEFAULT_POOL_MAX,
+                 pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 write_patience: float = DEFAULT_WRITE_PATIENCE) -> None:
+        if not 1 <= pool_min <= pool_max:
+            raise ConfigurationError(
+                f"need 1 <= pool_min <= pool_max, got pool_min={pool_min}, pool_max={pool_max}")
+        if pool_timeout <= 0 or connect_timeout <= 0 or write_patience <= 0:
+            raise ConfigurationError("pool_timeout, connect_timeout and write_patience must be "
+                                     "> 0 seconds")
+        self.url = url
+        self.target: PgTarget = parse_postgres_url(url, schema)
+        self.schema = self.target.schema
+        self.sql = Statements(self.schema)
+        self._pool_min, self._pool_max = pool_min, pool_max
+        self._pool_timeout = pool_timeout
+        self._connect_timeout = connect_timeout
+        self._write_patience = write_patience
+        self._changed = asyncio.Event()
+        self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._writer: GroupCommitWriter | None = None
+        self._listener = Listener(self.target, self.schema, self._changed.set,
+                                  connect_timeout=connect_timeout)
+        self._publish_op = PublishOp(self.sql.publish)
+        self._checkpoint_op = CheckpointOp(self.sql.checkpoint)
+        self._finish_op = FinishOp(self.sql.finish)
+        self._reschedule_op = RescheduleOp(self.sql.reschedule)
+        self._orphans = _Orphans(self._hand_back)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        await self._migrate()
+        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+            self.target.conninfo, min_size=self._pool_min, max_size=self._pool_max,
+            timeout=self._pool_timeout, open=False, name=f"stride-{self.schema}",
+            kwargs={"autocommit": True, "connect_timeout": libpq_timeout(self._connect_timeout),
+                    "fallback_application_name": "stride"})
+        try:
+            await pool.open(wait=True, timeout=self._pool_timeout)
+            await self._listener.start()
+        except Exception as exc:
+            await pool.close()
+            raise translate(self.target, exc) from exc
+        self._pool = pool
+        self._writer = GroupCommitWriter(
+            pool, self.target, channel=self.schema, notify_sql=self.sql.notify,
+            pool_timeout=self._pool_timeout, on_abandoned=self._orphans.add_leases)
+
+    async def _migrate(self) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.target.conninfo, autocommit=True,
+                connect_timeout=libpq_timeout(self._connect_timeout),
+                fallback_application_name="stride-migrate")
+        except psycopg.Error as exc:
+            raise translate(self.target, exc) from exc
+        try:
+            async with conn:
+                applied = await migrate(conn, self.schema)
+        except psycopg.Error as exc:
+            raise translate(self.target, exc) from exc
+        if applied:
+            log.info("migrated schema %r on %s to version %d", self.schema, self.target.where,
+                     applied[-1])
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if self._writer is not None:
+            await self._writer.close()
+        await self._orphans.stop()
+        await self._listener.stop()
+        await pool.close()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _require_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        if self._pool is None:
+            raise ConfigurationError("the PostgreSQL store is not open; await store.open() first")
+        return self._pool
+
+    async def _with_conn(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+                         *, retry: bool = True) -> T:
+        """Run `fn` on a pooled connection. A connection the server dropped (a restart) is
+        replaced and `fn` tried once more when `retry` (only for idempotent work)."""
+        pool = self._require_pool()
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as conn:
+                    return await fn(conn)
+            except Exception as exc:
+                if attempt == 1 and retry and is_unavailable(exc) and \
+                        not isinstance(exc, psycopg_pool.PoolTimeout):
+                    continue
+                raise translate(self.target, exc) from exc
+        raise AssertionError("unreachable")
+
+    async def _write(self, op: OpKind, item: Any, *, patience: float) -> Any:
+        if self._writer is None:
+            raise ConfigurationError("the PostgreSQL store is not open; await store.open() first")
+        return await self._writer.submit(op, item, patience=patience)
+
+    # -- change notification -----------------------------------------------------
+
+    def notify_local(self) -> None:
+        self._changed.set()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        if not self._changed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        self._changed.clear()
+
+    # -- writes --------------------------------------------------------------------
+
+    async def publish(self, batch: Sequence[tuple[NewEvent, Sequence[NewRun]]], *,
+                      dedupe_ms: int, conn: Any = None) -> PublishResult:
+        # Event ids are remembered until pruned, which keeps them at least `dedupe_ms`
+        # (the pruner's cutoff must not be shorter than the dedupe window).
+        if conn is not None:
+            return await self._publish_in(conn, batch)
+        result: PublishResult = await self._write(self._publish_op, batch,
+                                                  patience=self._pool_timeout)
+        return result
+
+    async def _publish_in(self, conn: Any, batch: PublishItem) -> PublishResult:
+        """Write in the caller's open transaction; do not commit (it commits or rolls back)."""
+        conn = getattr(conn, "driver_connection", conn)  # a SQLAlchemy adapted connection
+        op = self._publish_op
+        params = op.params([batch], _now_ms())
+        try:
+            if isinstance(conn, psycopg.AsyncConnection):
+                rows = await _publish_async(conn, op.sql, params, self.sql.notify, self.schema)
+            elif isinstance(conn, psycopg.Connection):
+                rows = await asyncio.to_thread(_publish_sync, conn, op.sql, params,
+                                               self.sql.notify, self.schema)
+            else:
+                raise ConfigurationError(
+                    f"dispatch(conn=...) needs a psycopg 3 connection (psycopg.AsyncConnection "
+                    f"or psycopg.Connection) in an open transaction, got {type(conn).__name__}; "
+                    "with SQLAlchemy pass (await session.connection()).get_raw_connection()"
+                    ".driver_connection")
+        except psycopg.Error as exc:
+            raise translate(self.target, exc) from exc
+        return op.results([batch], rows)[0]
+
+    async def claim(self, *, worker_id: str, app_id: str, job_ids: Sequence[str], limit: int,
+                    lease_ms: int, concurrency: Mapping[str, int]) -> list[ClaimedRun]:
+        if limit <= 0 or not job_ids:
+            return []
+        token = new_id()
+        now = _now_ms()
+        limited = sorted(job for job in set(job_ids) if job in concurrency)
+        params = {"now": now, "app": app_id, "limit": limit, "worker": worker_id,
+                  "token": token, "expires": now + lease_ms,
+                  "jobs": [job for job in job_ids if job not in concurrency],
+                  "limited": limited, "caps": [concurrency[job] for job in limited]}
+        try:
+            rows, steps = await self._with_conn(
+                lambda conn: self._claim_on(conn, params), retry=False)
+        except StoreUnavailable:
+            self._orphans.add_claim(token)  # it may have committed before the line dropped
+            raise
+        return [_claimed(row, token, steps) for row in rows]
+
+    async def _claim_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
+                        ) -> tuple[list[tuple[Any, ...]], dict[str, tuple[StepRecord, ...]]]:
+        if params["limited"]:
+            # the locks are taken by their own statement: the claim's snapshot must be taken
+            # after they are held, so that it sees every run other claimers just leased
+            _, rows = await transaction(conn, [
+                (self.sql.lock_jobs, (self.schema, params["app"], params["limited"])),
+                (self.sql.claim_limited, params)])
+        else:
+            cur = await conn.execute(self.sql.claim_unlimited, params)
+            rows = await cur.fetchall()
+        resumed = [row[0] for row in rows if row[5]]
+        return rows, (await self._steps_of(conn, resumed) if resumed else {})
+
+    async def _steps_of(self, conn: psycopg.AsyncConnection[Any],
+                        run_ids: list[str]) -> dict[str, tuple[StepRecord, ...]]:
+        cur = await conn.execute(self.sql.steps_of, (run_ids,))
+        found: dict[str, list[StepRecord]] = {}
+        for run_id, *columns in await cur.fetchall():
+            found.setdefault(run_id, []).append(StepRecord(*columns))
+        return {run_id: tuple(steps) for run_id, steps in found.items()}
+
+    async def checkpoint(self, lease: Lease, step: StepRecord) -> None:
+        await self._write(self._checkpoint_op, (lease, step), patience=self._write_patience)
+
+    async def reschedule(self, lease: Lease, *, available_at: int, status: RunStatus,
+                         attempt: int | None = None, errors_json: str | None = None) -> None:
+        await self._write(self._reschedule_op, (lease, available_at, status, attempt,
+                                                errors_json), patience=self._write_patience)
+        self._changed.set()
+
+    async def finish(self, lease: Lease, *, status: RunStatus, output_json: str | None,
+                     error_json: str | None, errors_json: str | None = None) -> None:
+        await self._write(self._finish_op, (lease, status, output_json, error_json,
+                                            errors_json), patience=self._write_patience)
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        now = _now_ms()
+        params = (now, now, [lease.run_id for lease in leases], [lease.token for lease in leases])
+
+        await self._with_conn(lambda conn: transaction(conn, [
+            (self.sql.release, params), (self.sql.notify, (self.schema,))]))
+
+    async def _hand_back(self, claims: list[str], leases: list[Lease]) -> None:
+        """Requeue the runs of lost claims and of abandoned leases (see `_Orphans`)."""
+        now = _now_ms()
+        statements: list[tuple[str, Sequence[Any]]] = [(self.sql.notify, (self.schema,))]
+        if claims:
+            statements.append((self.sql.release_claim, (now, now, claims)))
+        if leases:
+            statements.append((self.sql.release, (now, now, [x.run_id for x in leases],
+                                                   [x.token for x in leases])))
+        async with self._require_pool().connection() as conn:
+            await transaction(conn, statements)
+
+    async def heartbeat(self, *, worker_id: str, app_id: str, lease_ms: int,
+                        info_json: str) -> int:
+        now = _now_ms()
+        params = {"worker": worker_id, "app": app_id, "info": info_json, "now": now,
+                  "expires": now + lease_ms}
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute(self.sql.heartbeat, params)
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._with_conn(run)
+
+    async def reclaim_expired(self) -> list[str]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+            cur = await conn.execute(self.sql.reclaim, {"now": _now_ms()})
+            ids = [row[0] for row in await cur.fetchall()]
+            if ids:
+                await conn.execute(self.sql.notify, (self.schema,))
+            return ids
+
+        ids = await self._with_conn(run)
+        if ids:
+            self._changed.set()
+        return ids
+
+    async def prune(self, *, older_than_ms: int, batch_size: int = 1000) -> int:
+        """Delete finished runs (with their steps) that ended more than `older_than_ms` ago,
+        then events older than that which no remaining run references; each batch of
+        `batch_size` in its own short transaction. Returns how many runs and events went."""
+        if older_than_ms < 0 or batch_size < 1:
+            raise ConfigurationError("prune needs older_than_ms >= 0 and batch_size >= 1")
+        params = {"cutoff": _now_ms() - older_than_ms, "batch": batch_size}
+        deleted = 0
+        for sql in (self.sql.prune_runs, self.sql.prune_events):
+            while True:
+                count = await self._with_conn(_rowcount_of(sql, params))
+                deleted += count
+                if count < batch_size:
+                    break
+        return deleted
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        async def query(conn: psycopg.AsyncConnection[Any]) -> RunRow | None:
+            cur = await conn.execute(self.sql.get_run, (run_id,))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            steps = await self._steps_of(conn, [run_id])
+            return _run_row(row, steps.get(run_id, ()))
+
+        return await self._with_conn(query)
+
+    async def list_runs(self, query: RunFilter) -> list[RunRow]:
+        where, params = _run_filter_sql(query)
+        sql = self.sql.list_runs.format(where=where)
+        params.append(max(1, min(query.limit, 1000)))
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+        return [_run_row(row, ()) for row in await self._with_conn(run)]
+
+    async def get_event(self, event_id: str) -> EventRow | None:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
+            cur = await conn.execute(self.sql.get_event, (event_id,))
+            return await cur.fetchone()
+
+        row = await self._with_conn(run)
+        return EventRow(*row) if row else None
+
+
+class _Orphans:
+    """Leases this process may hold without knowing it, handed back once the server is back.
+
+    A claim whose reply was lost in an outage may have committed; a checkpoint or finish
+    that gave up leaves its run to "resume after the lease expires". But the worker's
+    heartbeat extends every lease it owns, so such runs would never expire while it lives.
+    Handing them back by lease token (a no-op if the lease moved on) avoids that.
+    """
+
+    def __init__(self, hand_back: Callable[[list[str], list[Lease]], Awaitable[None]]) -> None:
+        self._hand_back = hand_back
+        self._claims: set[str] = set()
+        self._leases: set[Lease] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add_claim(self, token: str) -> None:
+        self._claims.add(token)
+        self._kick()
+
+    def add_leases(self, leases: list[Lease]) -> None:
+        self._leases.update(leases)
+        if leases:
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="stride-pg-orphans")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        try:
+            while self._claims or self._leases:
+                claims, leases = list(self._claims), list(self._leases)
+                try:
+                    await self._hand_back(claims, leases)
+                except Exception as exc:
+                    log.debug("could not hand back orphaned leases yet: %s", exc)
+                    await asyncio.sleep(_ORPHAN_RETRY_SECONDS)
+                    continue
+                self._claims.difference_update(claims)
+                self._leases.difference_update(leases)
+        finally:
+            self._task = None
+
+
+async def _publish_async(conn: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any],
+                         notify: str, channel: str) -> list[tuple[Any, ...]]:
+    cur = conn.cursor()
+    await cur.execute(sql, params)
+    rows = await cur.fetchall()
+    await cur.execute(notify, (channel,))
+    return rows
+
+
+def _publish_sync(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any],
+                  notify: str, channel: str) -> list[tuple[Any, ...]]:
+    cur = conn.cursor()
+    cur.execute(sql, params)
+    rows = cur.fetchall()
+    cur.execute(notify, (channel,))
+    return rows
+
+
+def _rowcount_of(sql: str, params: Mapping[str, Any],
+                 ) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[int]]:
+    async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute(sql, params)
+        return cur.rowcount
+
+    return run
+
+
+def _claimed(row: tuple[Any, ...], token: str,
+             steps: dict[str, tuple[StepRecord, ...]]) -> ClaimedRun:
+    run_id, job_id, attempt, errors, created_at, _resumed, *event = row
+    return ClaimedRun(lease=Lease(run_id, token), job_id=job_id, event=EventRow(*event),
+                      attempt=attempt, errors_json=errors, steps=steps.get(run_id, ()),
+                      created_at=created_at)
+
+
+def _run_filter_sql(query: RunFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("job_id", query.job_id), ("status", query.status),
+                          ("event_id", query.event_id)):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    bounds: tuple[tuple[str, int | str | None], ...] = (
+        ("created_at >= %s", query.since_ms), ("created_at < %s", query.until_ms),
+        ("id < %s", query.before))
+    for clause, value in bounds:
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _run_row(row: tuple[Any, ...], steps: tuple[StepRecord, ...]) -> RunRow:
+    (run_id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at,
+     available_at, output, error, errors, lease_owner) = row
+    return RunRow(run_id, app_id, job_id, event_id, status, attempt, created_at, started_at,
+                  ended_at, available_at, output, error, errors, lease_owner, steps)
