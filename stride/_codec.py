@@ -16,12 +16,18 @@ from stride.errors import SerializationError
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
+class _Unserialisable(TypeError):
+    def __init__(self, value: object) -> None:
+        super().__init__(type(value).__name__)
+        self.type_name = type(value).__qualname__
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
-    raise TypeError(type(value).__name__)
+    raise _Unserialisable(value)
 
 
 def dumps(value: Any, *, what: str = "value") -> bytes:
@@ -29,9 +35,11 @@ def dumps(value: Any, *, what: str = "value") -> bytes:
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except TypeError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, _Unserialisable) else None
+        found = f"a value of type {cause.type_name!r}" if cause else str(exc)
         raise SerializationError(
-            f"{what} is not JSON-serialisable: found a {exc.args[0] if exc.args else '?'}; "
-            "return dicts, lists, str, int, float, bool, None or a pydantic model"
+            f"{what} is not JSON-serialisable: found {found}; use dicts, lists, str, int, "
+            "float, bool, None or pydantic models"
         ) from exc
 
 

@@ -288,6 +288,10 @@ class Stride:
     def _prepare(self, item: OutgoingEvent) -> tuple[NewEvent, list[NewRun]]:
         name = validate_event_name(item.name)
         data = self._validate_data(name, item.data)
+        if item.user is not None and not isinstance(item.user, Mapping):
+            raise InvalidEventError(
+                f"event {name!r}: user must be a JSON object describing the actor, e.g. "
+                f"{{'id': 'u1'}}; got {type(item.user).__name__}")
         user = dict(item.user) if item.user is not None else None
         check_payload_size(name, data, user, self.max_payload_bytes)
         event_id = item.id if item.id is not None else new_id()

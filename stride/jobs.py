@@ -229,10 +229,14 @@ def _check_job_id(job_id: object) -> None:
 def _normalise_triggers(
     job_id: str, trigger: TriggerSpec | Sequence[TriggerSpec]
 ) -> tuple[tuple[Trigger, ...], dict[str, EventType[Any]]]:
-    specs: Sequence[TriggerSpec] = (
-        [trigger] if isinstance(trigger, (str, EventType, EventTrigger, CronTrigger))
-        else list(trigger)
-    )
+    if isinstance(trigger, (str, EventType, EventTrigger, CronTrigger)):
+        specs: Sequence[Any] = [trigger]
+    elif isinstance(trigger, (list, tuple)):
+        specs = list(trigger)
+    else:
+        raise ConfigurationError(
+            f"job {job_id!r}: {trigger!r} is not a trigger; give an event name, an event type, "
+            "on_event(...), cron(...) or a list of them")
     if not specs:
         raise ConfigurationError(f"job {job_id!r} has no trigger; give an event name or type")
     triggers: list[Trigger] = []

@@ -43,8 +43,8 @@ class StepInfo:
 class Run:
     """One execution of one job for one event.
 
-    `attempts` counts the handler-level attempts that failed (errors outside steps);
-    each step keeps its own attempts and errors in `steps`.
+    `attempts` counts the handler-level attempts that failed (errors outside steps, one per
+    entry of `errors`); each step keeps its own attempts and errors in `steps`.
     """
 
     id: str
@@ -79,9 +79,10 @@ class Run:
 
     @classmethod
     def from_row(cls, row: RunRow) -> Run:
+        errors: list[dict[str, Any]] = _codec.loads(row.errors_json) or []
         return cls(
             id=row.id, job_id=row.job_id, event_id=row.event_id, status=row.status,
             output=_codec.loads(row.output_json), error=_codec.loads(row.error_json),
-            errors=_codec.loads(row.errors_json) or [], attempts=row.attempt,
+            errors=errors, attempts=len(errors),
             created_at=row.created_at, started_at=row.started_at, ended_at=row.ended_at,
             steps=[StepInfo.from_record(step) for step in row.steps])

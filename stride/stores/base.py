@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from stride._audit import AuditRecord
 
 RunStatus = Literal["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"]
 RUN_STATUSES: tuple[RunStatus, ...] = (
@@ -217,12 +220,73 @@ class Store(Protocol):
         """Add runs for events that are already stored (replay)."""
         ...
 
+    async def prune(self, *, older_than_ms: int, batch_size: int = 1000) -> int:
+        """Delete runs that finished more than `older_than_ms` ago (with their steps), then
+        events received before that cutoff that no remaining run references, in batches of
+        `batch_size`, each its own short transaction. Returns how many runs and events went.
+
+        Event ids are remembered for dedupe until pruned: keep `older_than_ms` at least as
+        long as the app's dedupe window.
+        """
+        ...
+
     async def wait_for_change(self, timeout: float) -> None:
         """Return when the store may have new work (a commit elsewhere) or after `timeout`."""
         ...
 
     def notify_local(self) -> None:
         """Wake this process's waiters (called after an in-process dispatch)."""
+        ...
+
+    # -- read-only queries for the dashboard, the HTTP API and /metrics --------
+
+    async def search_runs(self, query: RunFilter, *, text: str | None = None) -> list[RunRow]:
+        """Like `list_runs`, index-backed for deep cursors and time ranges, and with `text`:
+        only runs whose event data contains that text (case-insensitive substring)."""
+        ...
+
+    async def list_events(self, *, name: str | None = None, before: str | None = None,
+                          limit: int = 50) -> list[EventListing]:
+        """Events, most recently received first. `before` is the `cursor` of the last event
+        of the previous page (opaque, the backend's own); a malformed one raises ValueError."""
+        ...
+
+    async def runs_for_events(self, event_ids: Sequence[str]) -> list[RunRow]:
+        """The runs (without steps) that these events triggered, newest first."""
+        ...
+
+    async def queue_stats(self, now_ms: int) -> QueueStats:
+        """How many runs wait to start or resume, how many are due, the oldest due one."""
+        ...
+
+    async def list_workers(self, *, since_ms: int) -> list[WorkerRow]:
+        """Workers whose last heartbeat is at or after `since_ms`, latest first."""
+        ...
+
+    async def run_counts(self) -> list[RunCount]:
+        """How many runs each job has in each status."""
+        ...
+
+    async def job_activity(self, *, since_ms: int, bucket_ms: int,
+                           limit: int) -> list[JobActivity]:
+        """Per job and time bucket (from `since_ms`): runs created, failed, p50/p95 duration
+        and mean queue lag, over at most `limit` of the newest runs created since then."""
+        ...
+
+    async def step_timings(self, *, since_ms: int, limit: int) -> list[StepTiming]:
+        """Durations of finished step attempts of runs created since `since_ms` (bounded)."""
+        ...
+
+    # -- the audit trail of RLS bypasses (stride.security) ---------------------
+
+    async def record_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Store audit records in one transaction; a record whose id is stored is skipped,
+        so a batch retried after a failure is never recorded twice."""
+        ...
+
+    async def list_audit(self, *, run_id: str | None = None, tag: str | None = None,
+                         limit: int = 100) -> list[AuditRecord]:
+        """Audit records, newest first, of one run and/or one tag (all when both are None)."""
         ...
 
 
@@ -250,3 +314,79 @@ def open_store_for_url(url: str, **options: Any) -> Store:
 
     store: Store = PostgresStore(url, **options)
     return store
+
+
+# -- records of the dashboard queries ------------------------------------------------------
+
+ACTIVITY_LIMIT = 50_000
+"""The `limit` the dashboard gives `job_activity` and `step_timings`: the newest runs read."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventListing:
+    """An event as the dashboard lists it: the stored event and when it was received."""
+
+    id: str
+    name: str
+    data_json: str
+    user_json: str | None
+    ts: int
+    received_at: int
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """`waiting`: runs queued, sleeping or waiting; `due`: those a worker could claim now."""
+
+    waiting: int
+    due: int
+    running: int
+    oldest_due_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    id: str
+    app_id: str
+    info_json: str
+    started_at: int
+    heartbeat_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunCount:
+    job_id: str
+    status: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobActivity:
+    """One job's runs created in [bucket_start, bucket_start + bucket_ms). Times in ms."""
+
+    job_id: str
+    bucket_start: int
+    runs: int
+    failed: int
+    p50_ms: int | None
+    p95_ms: int | None
+    lag_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepTiming:
+    job_id: str
+    kind: str
+    status: str
+    duration_ms: int
+
+
+def id_floor(epoch_ms: int) -> str:
+    """The smallest run id made at `epoch_ms`: ids sort by time, so a time bound is an id bound.
+
+    Stores turn time ranges into id ranges with it, so that they use the primary key.
+    """
+    from stride._ids import _encode
+
+    return _encode(max(0, epoch_ms) << 80, 26)

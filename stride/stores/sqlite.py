@@ -21,20 +21,28 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stride._audit import AuditRecord
 from stride._ids import new_id
 from stride.errors import ConfigurationError, LeaseLost, StoreError
 from stride.stores._sqlite_writer import OpFailed, SqliteWriter, WriterStats, translate
 from stride.stores.base import (
     ClaimedRun,
+    EventListing,
     EventRow,
+    JobActivity,
     Lease,
     NewEvent,
     NewRun,
     PublishResult,
+    QueueStats,
+    RunCount,
     RunFilter,
     RunRow,
     RunStatus,
     StepRecord,
+    StepTiming,
+    WorkerRow,
+    id_floor,
 )
 
 T = TypeVar("T")
@@ -325,6 +333,92 @@ class SqliteStore:
         await self._writer.run(op)
         self._changed.set()
 
+    # -- the audit trail of RLS bypasses ---------------------------------------
+
+    async def record_audit(self, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        rows = [(r.id, r.tag, r.app_id, r.job_id, r.run_id, r.step_id, r.attempt, r.actor_json,
+                 r.started_at, r.ended_at, r.outcome, r.error) for r in records]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO audit (id, tag, app_id, job_id, run_id, step_id, attempt, actor, "
+                "started_at, ended_at, outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING", rows)
+
+        await self._writer.run(op)
+
+    async def list_audit(self, *, run_id: str | None = None, tag: str | None = None,
+                         limit: int = 100) -> list[AuditRecord]:
+        clauses = [f"{column} = ?" for column, value in (("run_id", run_id), ("tag", tag))
+                   if value is not None]
+        params: list[Any] = [value for value in (run_id, tag) if value is not None]
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        sql = ("SELECT id, tag, app_id, job_id, run_id, step_id, attempt, actor, started_at, "
+               f"ended_at, outcome, error FROM audit {where} ORDER BY id DESC LIMIT ?")
+        rows = await self._read(
+            lambda conn: conn.execute(sql, [*params, max(1, min(limit, 1000))]).fetchall())
+        return [AuditRecord(*row) for row in rows]
+
+
+    # -- read-only queries for the dashboard, the HTTP API and /metrics ----------
+
+    async def search_runs(self, query: RunFilter, *, text: str | None = None) -> list[RunRow]:
+        where, params = _run_search_sql(query, text)
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?"
+        rows = await self._read(
+            lambda conn: conn.execute(sql, [*params, _page_limit(query.limit)]).fetchall())
+        return [_run_row(row, ()) for row in rows]
+
+    async def list_events(self, *, name: str | None = None, before: str | None = None,
+                          limit: int = 50) -> list[EventListing]:
+        where, params = _event_list_sql(name, before)
+        # rowid breaks ties in received_at: both indexes on events end with it implicitly
+        sql = ("SELECT id, name, data, user, ts, received_at, rowid FROM events "
+               f"{where} ORDER BY received_at DESC, rowid DESC LIMIT ?")
+        rows = await self._read(
+            lambda conn: conn.execute(sql, [*params, _page_limit(limit)]).fetchall())
+        return [EventListing(id_, name_, data, user, ts, received_at, f"{received_at}.{rowid}")
+                for id_, name_, data, user, ts, received_at, rowid in rows]
+
+    async def runs_for_events(self, event_ids: Sequence[str]) -> list[RunRow]:
+        ids = list(dict.fromkeys(event_ids))[:500]
+        if not ids:
+            return []
+        sql = (f"SELECT {_RUN_COLUMNS} FROM runs WHERE event_id IN ({','.join('?' * len(ids))}) "
+               "ORDER BY id DESC LIMIT 5000")
+        rows = await self._read(lambda conn: conn.execute(sql, ids).fetchall())
+        return [_run_row(row, ()) for row in rows]
+
+    async def queue_stats(self, now_ms: int) -> QueueStats:
+        return await self._read(lambda conn: _queue_stats(conn, now_ms))
+
+    async def list_workers(self, *, since_ms: int) -> list[WorkerRow]:
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT id, app_id, info, started_at, heartbeat_at FROM workers "
+            "WHERE heartbeat_at >= ? ORDER BY heartbeat_at DESC LIMIT 1000",
+            (since_ms,)).fetchall())
+        return [WorkerRow(*row) for row in rows]
+
+    async def run_counts(self) -> list[RunCount]:
+        rows = await self._read(lambda conn: conn.execute(
+            "SELECT job_id, status, count(*) FROM runs GROUP BY job_id, status").fetchall())
+        return [RunCount(*row) for row in rows]
+
+    async def job_activity(self, *, since_ms: int, bucket_ms: int,
+                           limit: int) -> list[JobActivity]:
+        params = (since_ms, max(1, bucket_ms), id_floor(since_ms - _ID_SLACK_MS), since_ms,
+                  max(1, limit))
+        rows = await self._read(lambda conn: conn.execute(_ACTIVITY_SQL, params).fetchall())
+        return [JobActivity(job, since_ms + bucket * max(1, bucket_ms), runs, failed, p50, p95,
+                            lag) for job, bucket, runs, failed, p50, p95, lag in rows]
+
+    async def step_timings(self, *, since_ms: int, limit: int) -> list[StepTiming]:
+        params = (id_floor(since_ms - _ID_SLACK_MS), since_ms, max(1, limit))
+        rows = await self._read(lambda conn: conn.execute(_STEP_TIMINGS_SQL, params).fetchall())
+        return [StepTiming(*row) for row in rows]
+
 
 # -- the operations the writer thread runs, each inside a shared transaction --
 
@@ -363,17 +457,20 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
              dedupe_ms: int) -> PublishResult:
     now = _now_ms()
     accepted: list[str] = []
+    accepted_ids: set[str] = set()
     duplicates: list[str] = []
     fresh: list[tuple[Any, ...]] = []
     runs: list[tuple[Any, ...]] = []
     for event, event_runs in batch:
         row = (event.id, event.name, event.data_json, event.user_json, event.ts, now)
-        seen = conn.execute("SELECT received_at FROM events WHERE id = ?", (event.id,)).fetchone()
-        if seen is not None:
+        seen = event.id in accepted_ids or conn.execute(
+            "SELECT 1 FROM events WHERE id = ?", (event.id,)).fetchone() is not None
+        if seen:
             duplicates.append(event.id)
             continue
         fresh.append(row)
         accepted.append(event.id)
+        accepted_ids.add(event.id)
         runs.extend((r.id, r.app_id, r.job_id, r.event_id, "queued", r.available_at,
                      r.available_at, now) for r in event_runs)
     conn.executemany(
@@ -388,7 +485,7 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
 def _claim(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[str],
            limit: int, lease_ms: int, concurrency: dict[str, int]) -> list[ClaimedRun]:
     now = _now_ms()
-    capacity = _free_capacity(conn, job_ids, concurrency)
+    capacity = _free_capacity(conn, app_id, job_ids, concurrency)
     eligible = [job for job in job_ids if capacity.get(job, 1) > 0]
     token = new_id()
     picked: list[str] = []
@@ -412,7 +509,7 @@ def _claim(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[
     return _load_claimed(conn, picked, resumed, token)
 
 
-def _free_capacity(conn: sqlite3.Connection, job_ids: list[str],
+def _free_capacity(conn: sqlite3.Connection, app_id: str, job_ids: list[str],
                    concurrency: dict[str, int]) -> dict[str, int]:
     limited = [job for job in job_ids if job in concurrency]
     if not limited:
@@ -420,7 +517,7 @@ def _free_capacity(conn: sqlite3.Connection, job_ids: list[str],
     marks = ",".join("?" * len(limited))
     running = dict(conn.execute(
         f"SELECT job_id, count(*) FROM runs WHERE status = 'running' AND job_id IN ({marks}) "
-        "GROUP BY job_id", limited).fetchall())
+        "AND app_id = ? GROUP BY job_id", [*limited, app_id]).fetchall())
     return {job: concurrency[job] - running.get(job, 0) for job in limited}
 
 
@@ -531,3 +628,99 @@ def _run_row(row: tuple[Any, ...], steps: tuple[StepRecord, ...]) -> RunRow:
 def default_sqlite_url() -> str:
     """The default store: ./.stride/stride.db in the working directory."""
     return "sqlite:///" + str(Path(".stride") / "stride.db")
+
+
+# -- the dashboard queries ---------------------------------------------------------------
+
+# Run ids start with their creation time (see stride._ids), so a time range is also an id
+# range on the primary key. The slack covers the few ms between making an id and the commit.
+_ID_SLACK_MS = 60_000
+
+# One pass over the newest runs of the window: counts, failures, mean lag, and p50/p95 of
+# durations picked by rank (SQLite has no percentile function). Portable to PostgreSQL.
+_ACTIVITY_SQL = """
+WITH recent AS (
+    SELECT job_id, (created_at - ?) / ? AS bucket, status,
+           CASE WHEN ended_at IS NOT NULL AND started_at IS NOT NULL
+                THEN ended_at - started_at END AS duration,
+           started_at - created_at AS lag
+    FROM runs WHERE id >= ? AND created_at >= ? ORDER BY id DESC LIMIT ?
+), ranked AS (
+    SELECT job_id, bucket, status, duration, lag,
+           row_number() OVER (PARTITION BY job_id, bucket
+                              ORDER BY duration IS NULL, duration) AS rn,
+           count(duration) OVER (PARTITION BY job_id, bucket) AS n
+    FROM recent
+)
+SELECT job_id, bucket, count(*), sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END),
+       max(CASE WHEN rn = (n * 50 + 99) / 100 THEN duration END),
+       max(CASE WHEN rn = (n * 95 + 99) / 100 THEN duration END),
+       avg(lag)
+FROM ranked GROUP BY job_id, bucket ORDER BY job_id, bucket
+"""
+
+_STEP_TIMINGS_SQL = """
+SELECT r.job_id, s.kind, s.status, s.ended_at - s.started_at
+FROM (SELECT id, job_id FROM runs WHERE id >= ? AND created_at >= ?
+      ORDER BY id DESC LIMIT ?) AS r
+JOIN steps s ON s.run_id = r.id
+WHERE s.started_at IS NOT NULL AND s.ended_at IS NOT NULL
+"""
+
+
+def _page_limit(limit: int) -> int:
+    return max(1, min(limit, 1000))
+
+
+def _run_search_sql(query: RunFilter, text: str | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("job_id", query.job_id), ("status", query.status),
+                          ("event_id", query.event_id)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.since_ms is not None:
+        clauses += ["id >= ?", "created_at >= ?"]
+        params += [id_floor(query.since_ms - _ID_SLACK_MS), query.since_ms]
+    if query.until_ms is not None:
+        clauses += ["id < ?", "created_at < ?"]
+        params += [id_floor(query.until_ms + _ID_SLACK_MS), query.until_ms]
+    if query.before is not None:
+        clauses.append("id < ?")
+        params.append(query.before)
+    if text:
+        clauses.append("EXISTS (SELECT 1 FROM events e WHERE e.id = runs.event_id "
+                       "AND e.data LIKE ? ESCAPE '\\')")
+        params.append(f"%{_like_escape(text)}%")
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _event_list_sql(name: str | None, before: str | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if name is not None:
+        clauses.append("name = ?")
+        params.append(name)
+    if before is not None:
+        received_at, _, rowid = before.partition(".")
+        try:
+            cursor = (int(received_at), int(rowid))
+        except ValueError:
+            raise ValueError(f"malformed events cursor {before!r}") from None
+        clauses.append("(received_at, rowid) < (?, ?)")
+        params += cursor
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _queue_stats(conn: sqlite3.Connection, now_ms: int) -> QueueStats:
+    waiting, due, oldest = conn.execute(
+        "SELECT count(*), coalesce(sum(available_at <= ?), 0), "
+        f"min(CASE WHEN available_at <= ? THEN available_at END) FROM runs WHERE {_CLAIMABLE}",
+        (now_ms, now_ms)).fetchone()
+    running = conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+    return QueueStats(waiting=waiting, due=due, running=running, oldest_due_at=oldest)

@@ -297,8 +297,6 @@ async def test_an_error_outside_steps_retries_the_handler_and_is_recorded(app: S
     assert run.error is not None and "handler call 3" in run.error["message"]
 
 
-@pytest.mark.xfail(reason="finish() does not store the last handler attempt: Run.attempts "
-                          "stays one short after the final handler failure", strict=True)
 async def test_run_attempts_counts_every_failed_handler_attempt(app: Stride) -> None:
     @app.define_job(id="broken-glue", trigger="order/placed", retries=2)
     async def broken_glue(ctx: Context[dict[str, Any]]) -> None:
