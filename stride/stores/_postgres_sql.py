@@ -51,6 +51,15 @@ class Statements:
             f"UPDATE {s}.runs SET status = 'queued', available_at = %s, rank = %s, "
             f"{_LEASE_CLEARED} WHERE lease_token = ANY(%s::text[]) AND status = 'running'")
         self.notify = "SELECT pg_notify(%s, '')"
+        self.cancel = (
+            f"UPDATE {s}.runs SET status = 'cancelled', error = %s, ended_at = %s, "
+            f"{_LEASE_CLEARED} WHERE id = ANY(%s::text[]) AND "
+            "status NOT IN ('completed', 'failed', 'cancelled') RETURNING id")
+        self.create_runs = (
+            f"INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, available_at, rank, "
+            "created_at) SELECT r.id, r.app_id, r.job_id, r.event_id, 'queued', r.at, r.at, %s "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[]) "
+            "AS r(id, app_id, job_id, event_id, at)")
         self.lock_jobs = (
             "SELECT pg_advisory_xact_lock(hashtext(%s::text), "
             "hashtext(%s::text || '/' || j.job_id)) "

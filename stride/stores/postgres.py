@@ -301,6 +301,30 @@ class PostgresStore:
         await self._with_conn(lambda conn: transaction(conn, [
             (self.sql.release, params), (self.sql.notify, (self.schema,))]))
 
+    async def cancel_runs(self, run_ids: Sequence[str], *, error_json: str) -> list[str]:
+        """Cancel the unfinished runs among `run_ids`; a running one loses its lease, so its
+        worker's next checkpoint is refused and it stops before its next step."""
+        if not run_ids:
+            return []
+        params = (error_json, _now_ms(), list(run_ids))
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+            cur = await conn.execute(self.sql.cancel, params)
+            return {row[0] for row in await cur.fetchall()}
+
+        cancelled = await self._with_conn(run, retry=False)
+        return [run_id for run_id in dict.fromkeys(run_ids) if run_id in cancelled]
+
+    async def create_runs(self, runs: Sequence[NewRun]) -> None:
+        if not runs:
+            return
+        params = (_now_ms(), [r.id for r in runs], [r.app_id for r in runs],
+                  [r.job_id for r in runs], [r.event_id for r in runs],
+                  [r.available_at for r in runs])
+        await self._with_conn(lambda conn: transaction(conn, [
+            (self.sql.create_runs, params), (self.sql.notify, (self.schema,))]), retry=False)
+        self._changed.set()
+
     async def _hand_back(self, claims: list[str], leases: list[Lease]) -> None:
         """Requeue the runs of lost claims and of abandoned leases (see `_Orphans`)."""
         now = _now_ms()
