@@ -14,7 +14,7 @@ from typing import Any
 
 from stride import _codec
 from stride.errors import ConfigurationError, NonDeterminismError
-from stride.stores.base import StepRecord
+from stride.stores.base import RunStatus, StepRecord
 
 MAX_STEP_ID_LENGTH = 200
 
@@ -23,10 +23,11 @@ class Suspend(BaseException):
     """Stops the handler so the run can be rescheduled. User code must not swallow it,
     hence `BaseException`: `except Exception` in a handler lets it through."""
 
-    def __init__(self, available_at: int, reason: str) -> None:
+    def __init__(self, available_at: int, reason: str, status: RunStatus = "queued") -> None:
         super().__init__(reason)
         self.available_at = available_at
         self.reason = reason
+        self.status: RunStatus = status
 
 
 @dataclass(frozen=True, slots=True)

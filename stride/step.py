@@ -12,10 +12,13 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from stride._current import StepScope, current_step
 from stride._replay import StepCall
+from stride.errors import ConfigurationError
+from stride.jobs import parse_duration
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -33,11 +36,24 @@ class StepDriver(Protocol):
     async def succeeded(self, call: StepCall, fn: Callable[..., Any], value: Any,
                         started_at: int) -> Any: ...
 
+    async def sleep_until(self, user_id: str, wake_at: int) -> None: ...
+
     async def failed(self, call: StepCall, exc: Exception, started_at: int) -> Any: ...
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _wake_at(until: datetime) -> int:
+    if until.tzinfo is None:
+        raise ConfigurationError(
+            f"sleep_until needs an aware datetime (with tzinfo), got naive {until!r}")
+    return int(until.timestamp() * 1000)
+
+
+def _wake_after(duration: float | timedelta | str) -> int:
+    return _now_ms() + int(parse_duration(duration, what="sleep duration") * 1000)
 
 
 def _is_final(call: StepCall) -> bool:
@@ -83,6 +99,17 @@ class Step:
             current_step.reset(token)
         return await self._driver.succeeded(call, fn, value, started)
 
+    async def sleep(self, step_id: str, duration: float | timedelta | str) -> None:
+        """Suspend the run for `duration` (seconds, a timedelta, or "2h30m"); no worker waits.
+
+        The wake-up time is recorded once, so a replay sleeps until the same instant.
+        """
+        await self._driver.sleep_until(step_id, _wake_after(duration))
+
+    async def sleep_until(self, step_id: str, until: datetime) -> None:
+        """Suspend the run until `until` (an aware datetime); survives restarts."""
+        await self._driver.sleep_until(step_id, _wake_at(until))
+
 
 class SyncStep:
     """Step API for plain `def` handlers, which run in a worker thread."""
@@ -121,6 +148,14 @@ class SyncStep:
         finally:
             current_step.reset(token)
         return self._wait(self._driver.succeeded(call, fn, value, started))
+
+    def sleep(self, step_id: str, duration: float | timedelta | str) -> None:
+        """Suspend the run for `duration`; see `Step.sleep`."""
+        self._wait(self._driver.sleep_until(step_id, _wake_after(duration)))
+
+    def sleep_until(self, step_id: str, until: datetime) -> None:
+        """Suspend the run until `until` (an aware datetime); see `Step.sleep_until`."""
+        self._wait(self._driver.sleep_until(step_id, _wake_at(until)))
 
 
 async def _await(value: Awaitable[T]) -> T:

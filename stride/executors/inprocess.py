@@ -15,6 +15,7 @@ import time
 import typing
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -129,6 +130,26 @@ class RunExecution:
             raise StepError(call.step_id, _codec.loads(call.recorded.error_json))
         return restore(call.recorded.output_json, fn)
 
+    async def sleep_until(self, user_id: str, wake_at: int) -> None:
+        """The durable sleep step: record the wake-up time once, then suspend until it."""
+        call = self.memo.next_call(user_id)
+        record = call.recorded
+        if record is None:
+            if self._draining():
+                raise Suspend(_now_ms(), "worker is shutting down")
+            record = StepRecord(step_id=call.step_id, position=call.position, kind="sleep",
+                                status="sleeping", started_at=_now_ms(), wake_at=wake_at)
+            await self.store.checkpoint(self.claimed.lease, record)
+            self.memo.record(record)
+        if record.status == "completed":
+            return
+        if record.wake_at is None or _now_ms() >= record.wake_at:
+            done = replace(record, status="completed", ended_at=_now_ms())
+            await self.store.checkpoint(self.claimed.lease, done)
+            self.memo.record(done)
+            return
+        raise Suspend(record.wake_at, f"step {call.step_id!r} sleeps", "sleeping")
+
     async def succeeded(self, call: StepCall, fn: Callable[..., Any], value: Any,
                         started_at: int) -> Any:
         try:
@@ -201,7 +222,7 @@ class RunExecution:
                                                          self.job.handler, ctx)
         except Suspend as suspend:
             await self._settle_parallel_steps()
-            return Rescheduled(suspend.available_at, "queued")
+            return Rescheduled(suspend.available_at, suspend.status)
         except LeaseLost as exc:
             return Abandoned(str(exc))
         except StoreError as exc:
