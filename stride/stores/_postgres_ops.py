@@ -103,15 +103,19 @@ class CheckpointOp:
 
 @dataclass(frozen=True, slots=True)
 class FinishOp:
-    """Runs completed or failed: exactly once, by the holder of the lease."""
+    """Runs completed or failed: exactly once, by the holder of the lease. `limited_jobs`
+    (kept up to date by the store from the claims it serves) are the jobs whose finished
+    runs free a concurrency slot, worth a notification."""
 
     sql: str
+    channel: str
+    limited_jobs: set[str]
     name: str = "finish"
 
     def params(self, items: Sequence[FinishItem], now: int) -> Sequence[Any]:
         return (now, [i[0].run_id for i in items], [i[0].token for i in items],
                 [i[1] for i in items], [i[2] for i in items], [i[3] for i in items],
-                [i[4] for i in items])
+                [i[4] for i in items], self.channel, sorted(self.limited_jobs))
 
     def results(self, items: Sequence[FinishItem],
                 rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:

@@ -28,14 +28,19 @@ class Statements:
         self.schema = schema
         self.publish = _publish(s)
         self.checkpoint = _checkpoint(s)
+        # a finished run of a concurrency-limited job frees a slot that workers elsewhere
+        # may be waiting for: then (only then) the transaction also notifies
         self.finish = (
-            f"UPDATE {s}.runs r SET status = u.status, output = u.output, error = u.error, "
-            "errors = coalesce(u.errors, r.errors), ended_at = %s, "
-            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+            f"WITH done AS (UPDATE {s}.runs r SET status = u.status, output = u.output, "
+            "error = u.error, errors = coalesce(u.errors, r.errors), ended_at = %s, "
+            f"{_LEASE_CLEARED} "
             "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
             "%s::text[]) AS u(id, token, status, output, error, errors) "
             "WHERE r.id = u.id AND r.lease_token = u.token AND r.status = 'running' "
-            "RETURNING r.id")
+            "RETURNING r.id, r.job_id), "
+            "woken AS (SELECT pg_notify(%s, '') FROM done WHERE job_id = ANY(%s::text[]) "
+            "LIMIT 1) "
+            "SELECT id, (SELECT count(*) FROM woken) FROM done")
         self.reschedule = (
             f"UPDATE {s}.runs r SET status = u.status, available_at = u.at, rank = u.at, "
             f"{_LEASE_CLEARED}, attempt = coalesce(u.attempt, r.attempt), "

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
+from stride._audit import AuditRecord
 from stride._ids import new_id
 from stride.errors import ConfigurationError, StoreUnavailable
 from stride.stores._postgres_conn import (
@@ -112,7 +113,8 @@ class PostgresStore:
                                   connect_timeout=connect_timeout)
         self._publish_op = PublishOp(self.sql.publish)
         self._checkpoint_op = CheckpointOp(self.sql.checkpoint)
-        self._finish_op = FinishOp(self.sql.finish)
+        self._limited_jobs: set[str] = set()
+        self._finish_op = FinishOp(self.sql.finish, self.schema, self._limited_jobs)
         self._reschedule_op = RescheduleOp(self.sql.reschedule)
         self._orphans = _Orphans(self._hand_back)
 
@@ -244,6 +246,7 @@ class PostgresStore:
         token = new_id()
         now = _now_ms()
         limited = sorted(job for job in set(job_ids) if job in concurrency)
+        self._limited_jobs.update(limited)
         params = {"now": now, "app": app_id, "limit": limit, "worker": worker_id,
                   "token": token, "expires": now + lease_ms,
                   "jobs": [job for job in job_ids if job not in concurrency],
@@ -411,6 +414,44 @@ class PostgresStore:
         row = await self._with_conn(run)
         return EventRow(*row) if row else None
 
+    # -- the audit trail of RLS bypasses ---------------------------------------------
+
+    async def record_audit(self, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        columns = [[getattr(r, name) for r in records] for name in _AUDIT_FIELDS]
+        sql = (f'INSERT INTO "{self.schema}".audit ({_AUDIT_COLUMNS}) SELECT * FROM unnest('
+               "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+               "%s::int[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[]) "
+               "ON CONFLICT (id) DO NOTHING")
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(sql, columns)  # one statement: atomic under autocommit
+
+        await self._with_conn(run)  # retried safely: a stored id is skipped
+
+    async def list_audit(self, *, run_id: str | None = None, tag: str | None = None,
+                         limit: int = 100) -> list[AuditRecord]:
+        clauses = [f"{column} = %s" for column, value in (("run_id", run_id), ("tag", tag))
+                   if value is not None]
+        params: list[Any] = [value for value in (run_id, tag) if value is not None]
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        sql = (f'SELECT {_AUDIT_COLUMNS} FROM "{self.schema}".audit {where} '
+               "ORDER BY id DESC LIMIT %s")
+        params.append(max(1, min(limit, 1000)))
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+        return [AuditRecord(*row) for row in await self._with_conn(run)]
+
+
+_AUDIT_FIELDS = ("id", "tag", "app_id", "job_id", "run_id", "step_id", "attempt", "actor_json",
+                 "started_at", "ended_at", "outcome", "error")
+_AUDIT_COLUMNS = ("id, tag, app_id, job_id, run_id, step_id, attempt, actor, started_at, "
+                  "ended_at, outcome, error")
+
 
 class _Orphans:
     """Leases this process may hold without knowing it, handed back once the server is back.
@@ -508,10 +549,10 @@ def _run_filter_sql(query: RunFilter) -> tuple[str, list[Any]]:
     bounds: tuple[tuple[str, int | str | None], ...] = (
         ("created_at >= %s", query.since_ms), ("created_at < %s", query.until_ms),
         ("id < %s", query.before))
-    for clause, value in bounds:
-        if value is not None:
+    for clause, bound in bounds:
+        if bound is not None:
             clauses.append(clause)
-            params.append(value)
+            params.append(bound)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
