@@ -1,0 +1,1 @@
+"""Small apps the CLI tests run in real `stride` subprocesses."""
