@@ -9,6 +9,7 @@ which diverged from the recorded steps was stopped with a clear error.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -77,6 +78,25 @@ async def test_a_step_returning_a_model_is_restored_as_the_model_on_replay(app: 
     assert seen == [Invoice(number="INV-7", cents=1250)] * 2, "first run, then the replay"
     assert all(type(invoice) is Invoice for invoice in seen)
     assert run.step("load-invoice").output == {"number": "INV-7", "cents": 1250}
+
+
+async def test_every_replay_sees_the_first_value_of_a_step(app: Stride) -> None:
+    ran: list[str] = []
+    seen: list[str] = []
+
+    @app.define_job(id="token", trigger="order/placed")
+    async def token(ctx: Context[dict[str, Any]]) -> str:
+        value = await ctx.step.run("make-token", lambda: uuid.uuid4().hex)
+        seen.append(value)
+        await ctx.step.run("flaky-1", fails_once(ran, "flaky-1"))
+        await ctx.step.run("flaky-2", fails_once(ran, "flaky-2"))
+        return value
+
+    run = await run_to_end(app, "order/placed")
+
+    assert run.status == "completed"
+    assert len(seen) == 3 and len(set(seen)) == 1, "first execution and two replays"
+    assert run.output == run.step("make-token").output == seen[0]
 
 
 async def test_restoring_a_model_needs_the_return_annotation(app: Stride) -> None:

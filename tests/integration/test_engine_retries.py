@@ -121,6 +121,21 @@ async def test_the_idempotency_key_is_the_same_for_every_attempt_of_a_step(app: 
     assert keys["mail"] == [f"{run.id}:mail"]
 
 
+async def test_ctx_attempt_counts_the_failed_attempts_before_this_one(app: Stride) -> None:
+    ran: list[str] = []
+    attempts: list[int] = []
+
+    @app.define_job(id="counts", trigger="order/placed")
+    async def counts(ctx: Context[dict[str, Any]]) -> None:
+        attempts.append(ctx.attempt)
+        await ctx.step.run("flaky", fails_first(2, ran, "flaky"))
+
+    run = await run_to_end(app, "order/placed")
+
+    assert run.status == "completed"
+    assert attempts == [0, 1, 2]
+
+
 # --- retries: backoff, NonRetriableError, RetryAfterError ------------------------------------
 
 
