@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import orjson
 from pydantic import ValidationError
@@ -22,7 +22,7 @@ from stride.server import charts, views
 from stride.server.api import event_items
 from stride.server.auth import SESSION_COOKIE, SESSION_SECONDS, safe_next, same_origin
 from stride.server.jobstats import job_charts
-from stride.server.models import EventQuery, RunFilterBody, RunQuery
+from stride.server.models import MAX_BULK, EventQuery, RunFilterBody, RunQuery
 from stride.server.queries import event_page, health_report, load_run, matching_runs, run_page
 from stride.server.routing import NotFound
 from stride.server.state import ServerState
@@ -34,6 +34,32 @@ NOTICES = {"cancelled": "Run cancelled.", "not-cancelled": "The run had already 
            "replayed": "Replay started: this is the new run.", "bulk": "Bulk action done.",
            "sent": "Event sent."}
 RUN_FILTERS = ("status", "job", "event_id", "q", "window")
+
+
+MAX_FORM_BYTES = 1024 * 1024
+
+
+class Form:
+    """An urlencoded form (the only kind these pages send); no multipart dependency."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        self.fields = fields
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.fields.get(name, [default])[0]
+
+    def getlist(self, name: str) -> list[str]:
+        return self.fields.get(name, [])
+
+
+async def read_form(request: Request) -> Form:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            break
+    text = bytes(body[:MAX_FORM_BYTES]).decode("utf-8", errors="replace")
+    return Form(parse_qs(text, keep_blank_values=True, max_num_fields=MAX_BULK + 100))
 
 
 def base_path(request: Request) -> str:
@@ -121,8 +147,8 @@ async def replay_action(request: Request, state: ServerState) -> Response:
 
 
 async def bulk_action(request: Request, state: ServerState) -> Response:
-    form = await request.form()
-    ids = [str(value) for value in form.getlist("ids")]
+    form = await read_form(request)
+    ids = form.getlist("ids")[:MAX_BULK]
     body = RunFilterBody(ids=ids or [], reason="cancelled from the dashboard")
     rows = await matching_runs(await state.app.store(), body)
     if form.get("action") == "replay":
@@ -131,7 +157,7 @@ async def bulk_action(request: Request, state: ServerState) -> Response:
     else:
         for row in rows:
             await state.app.cancel(row.id, reason=body.reason, by="dashboard")
-    back = {name: str(form.get(name, "")) for name in RUN_FILTERS if form.get(name)}
+    back = {name: form.get(name) for name in RUN_FILTERS if form.get(name)}
     return redirect(request, "/", **back, done="bulk")
 
 
@@ -183,7 +209,7 @@ async def send_page(request: Request, state: ServerState) -> Response:
         raise NotFound("sending test events is for dev mode (stride dev)")
     if request.method == "GET":
         return render(request, state, "send.html", text=_example_event(state), error=None)
-    text = str((await request.form()).get("event", ""))
+    text = (await read_form(request)).get("event")
     try:
         ids = await state.app.dispatch_many(event_items(_parse(text)))
     except InvalidEventError as exc:
@@ -204,9 +230,9 @@ def _parse(text: str) -> Any:
 async def login(request: Request, state: ServerState) -> Response:
     if request.method == "GET":
         return render(request, state, "login.html", next=request.query_params.get("next", ""))
-    form = await request.form()
-    target = safe_next(str(form.get("next", "")), base_path(request))
-    cookie = state.auth.issue_session(str(form.get("key", "")))
+    form = await read_form(request)
+    target = safe_next(form.get("next"), base_path(request))
+    cookie = state.auth.issue_session(form.get("key"))
     if cookie is None or not same_origin(request):
         return render(request, state, "login.html", 401, next=target, failed=True)
     response = RedirectResponse(target, status_code=303)

@@ -170,7 +170,8 @@ class EventPage(ApiModel):
 class EventQuery(ApiModel):
     model_config = ConfigDict(extra="ignore")
     name: str | None = Field(default=None, max_length=256)
-    cursor: str | None = Field(default=None, max_length=128)
+    cursor: str | None = Field(default=None, max_length=150, pattern=r"^[0-9]{1,15}\..+$",
+                               description="next_cursor of the previous page")
     limit: int = Field(default=50, ge=1, le=MAX_PAGE)
 
 

@@ -23,9 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stride.app import Stride
 from stride.errors import ConfigurationError
 from stride.server import dashboard, jsonfold
-from stride.server.charts import human_ms
 from stride.server.api import operations
 from stride.server.auth import LOCAL_HOSTS, Auth
+from stride.server.charts import human_ms
 from stride.server.openapi import openapi_document
 from stride.server.routing import endpoint, error
 from stride.server.state import ServerState

@@ -257,8 +257,9 @@ class Store(Protocol):
 
     async def list_events(self, *, name: str | None = None, before: str | None = None,
                           limit: int = 50) -> list[EventListing]:
-        """Events, most recently received first. `before` is the `cursor` of the last event
-        of the previous page (opaque, the backend's own); a malformed one raises ValueError."""
+        """Events, most recently received first (ties by id). `before` is the `cursor` of
+        the last event of the previous page (see `event_cursor`); a malformed one raises
+        ValueError."""
         ...
 
     async def runs_for_events(self, event_ids: Sequence[str]) -> list[RunRow]:
@@ -400,3 +401,16 @@ def id_floor(epoch_ms: int) -> str:
     from stride._ids import _encode
 
     return _encode(max(0, epoch_ms) << 80, 26)
+
+
+def event_cursor(received_at: int, event_id: str) -> str:
+    """The events-list cursor after this event: `received_at.id` (ids may contain dots)."""
+    return f"{received_at}.{event_id}"
+
+
+def parse_event_cursor(cursor: str) -> tuple[int, str]:
+    """(received_at, id) of an `event_cursor`; ValueError if it is not one."""
+    received_at, dot, event_id = cursor.partition(".")
+    if not dot or not event_id or not received_at.isdigit() or len(received_at) > 15:
+        raise ValueError(f"malformed events cursor {cursor!r}")
+    return int(received_at), event_id

@@ -42,7 +42,9 @@ from stride.stores.base import (
     StepRecord,
     StepTiming,
     WorkerRow,
+    event_cursor,
     id_floor,
+    parse_event_cursor,
 )
 
 T = TypeVar("T")
@@ -374,13 +376,13 @@ class SqliteStore:
     async def list_events(self, *, name: str | None = None, before: str | None = None,
                           limit: int = 50) -> list[EventListing]:
         where, params = _event_list_sql(name, before)
-        # rowid breaks ties in received_at: both indexes on events end with it implicitly
-        sql = ("SELECT id, name, data, user, ts, received_at, rowid FROM events "
-               f"{where} ORDER BY received_at DESC, rowid DESC LIMIT ?")
+        sql = ("SELECT id, name, data, user, ts, received_at FROM events "
+               f"{where} ORDER BY received_at DESC, id DESC LIMIT ?")
         rows = await self._read(
             lambda conn: conn.execute(sql, [*params, _page_limit(limit)]).fetchall())
-        return [EventListing(id_, name_, data, user, ts, received_at, f"{received_at}.{rowid}")
-                for id_, name_, data, user, ts, received_at, rowid in rows]
+        return [EventListing(id_, name_, data, user, ts, received_at,
+                             event_cursor(received_at, id_))
+                for id_, name_, data, user, ts, received_at in rows]
 
     async def runs_for_events(self, event_ids: Sequence[str]) -> list[RunRow]:
         ids = list(dict.fromkeys(event_ids))[:500]
@@ -707,13 +709,8 @@ def _event_list_sql(name: str | None, before: str | None) -> tuple[str, list[Any
         clauses.append("name = ?")
         params.append(name)
     if before is not None:
-        received_at, _, rowid = before.partition(".")
-        try:
-            cursor = (int(received_at), int(rowid))
-        except ValueError:
-            raise ValueError(f"malformed events cursor {before!r}") from None
-        clauses.append("(received_at, rowid) < (?, ?)")
-        params += cursor
+        clauses.append("(received_at, id) < (?, ?)")
+        params += parse_event_cursor(before)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 

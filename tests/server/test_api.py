@@ -11,9 +11,6 @@ from stride.server import create_server
 from tests.conftest import eventually
 from tests.server.conftest import BASE_URL, EVENT_KEY, World
 
-pytestmark = pytest.mark.asyncio
-
-
 # -- ingestion ------------------------------------------------------------------------------
 
 
