@@ -139,7 +139,7 @@ def _banner(app: Stride, options: DevOptions, with_demo: bool) -> Text:
 
 def live_renderable(snapshot: Snapshot, banner: Text) -> Group:
     """Banner, the newest runs, and a footer with runs per status."""
-    return Group(banner, runs_table(snapshot.runs, dates=False),
+    return Group(banner, runs_table(snapshot.runs, live=True),
                  counts_text(snapshot.counts, capped=snapshot.capped, label="all runs"))
 
 

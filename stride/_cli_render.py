@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.json import JSON
 from rich.table import Table
@@ -43,10 +44,19 @@ def format_duration(ms: int | None) -> str:
 
 
 def format_time(ms: int | None, *, date: bool = True) -> str:
-    """Local wall-clock time of an epoch-ms timestamp."""
+    """Local wall-clock time of an epoch-ms timestamp (`date=False`: the time only)."""
     if ms is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(ms / 1000))
+
+
+def format_when(ms: int, *, now_ms: int | None = None) -> str:
+    """`23:17:48` today, `2024-05-01 23:17` before: short where the date goes without saying."""
+    now = time.localtime((now_ms if now_ms is not None else time.time() * 1000) / 1000)
+    then = time.localtime(ms / 1000)
+    if then[:3] == now[:3]:
+        return time.strftime("%H:%M:%S", then)
+    return time.strftime("%Y-%m-%d %H:%M", then)
 
 
 def step_text(line: RunLine) -> Text:
@@ -59,23 +69,38 @@ def step_text(line: RunLine) -> Text:
     return text
 
 
-def runs_table(lines: list[RunLine], *, title: str | None = None, dates: bool = True) -> Table:
-    """One row per run: id, job, status, event, attempts, created, duration, step."""
-    table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("run", no_wrap=True, style="bold")
-    table.add_column("job", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("event")
-    table.add_column("attempts", justify="right")
+def runs_table(lines: list[RunLine], *, live: bool = False) -> Table:
+    """One row per run. `stride runs`: id, job, status, attempts, created, duration; the live
+    view swaps the date for the event and adds the current step.
+
+    Run ids never wrap or shorten (people copy them into `stride run ID`); the other text
+    columns fold onto a second line before they would be cut off in a narrow terminal.
+    """
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("run", no_wrap=True, min_width=26, style="bold")
+    table.add_column("job", overflow="fold", min_width=10)
+    table.add_column("status", no_wrap=True, min_width=9)
+    if live:
+        table.add_column("event", overflow="fold")
+    table.add_column("attempts", justify="right", no_wrap=True)
     table.add_column("created", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("step")
+    if live:
+        table.add_column("step", overflow="fold")
     for line in lines:
-        table.add_row(Text(line.id), Text(line.job_id), status_text(line.status),
-                      Text(line.event_name), Text(str(line.attempts)),
-                      Text(format_time(line.created_at, date=dates)),
-                      Text(format_duration(line.duration_ms)), step_text(line))
+        table.add_row(*_row(line, live=live))
     return table
+
+
+def _row(line: RunLine, *, live: bool) -> list[Text]:
+    cells = [Text(line.id), Text(line.job_id), status_text(line.status)]
+    if live:
+        cells.append(Text(line.event_name))
+    cells += [Text(str(line.attempts)), Text(format_when(line.created_at)),
+              Text(format_duration(line.duration_ms))]
+    if live:
+        cells.append(step_text(line))
+    return cells
 
 
 def counts_text(counts: Mapping[str, int], *, capped: bool, label: str) -> Text:
@@ -158,15 +183,15 @@ def _attempt_errors(errors: list[dict[str, Any]]) -> Text:
 
 def steps_table(steps: list[StepInfo]) -> Table:
     """One row per step, with every failed attempt's error in the last column."""
-    table = Table(title="steps", title_justify="left")
-    table.add_column("#", justify="right")
+    table = Table(title="steps", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     table.add_column("step", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("attempts", justify="right")
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("errors")
     for step in steps:
-        table.add_row(Text(str(step.position)), Text(step.id), status_text(step.status),
+        table.add_row(Text(step.id), status_text(step.status),
                       Text(str(step.attempts)), Text(format_duration(step.duration_ms)),
                       _attempt_errors(step.errors) if step.errors else Text("-", style="dim"))
     return table

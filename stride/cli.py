@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from stride import _cli_commands, _cli_dev
 from stride._cli_db import DEFAULT_BUSY_TIMEOUT
 from stride.errors import StrideError
-from stride.logging import LOG_FORMATS, configure_logging
+from stride.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from stride.stores.base import RUN_STATUSES
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
@@ -45,11 +48,15 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     def given(value: Any) -> Any:
         return value if top else argparse.SUPPRESS
 
-    parser.add_argument("--log-level", default=given("INFO"),
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        default=given("INFO"), metavar="LEVEL",
                         help="DEBUG, INFO, WARNING or ERROR (DEBUG shows every run change)")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=given("text"),
                         help="text for people, json for log collectors (one object a line)")
-    parser.add_argument("--busy-timeout", type=float, default=given(DEFAULT_BUSY_TIMEOUT),
+
+
+def _add_busy_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--busy-timeout", type=float, default=DEFAULT_BUSY_TIMEOUT,
                         metavar="S", help="SQLite: seconds to wait for another process's lock")
 
 
@@ -107,6 +114,7 @@ def _add_runs(commands: Any) -> argparse.ArgumentParser:
     runs.add_argument("--since", metavar="DURATION", help="only runs created since, e.g. 10m")
     runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     _add_database_options(runs)
+    _add_busy_timeout(runs)
     runs.set_defaults(handler=_cli_commands.runs)
     return runs
 
@@ -118,6 +126,7 @@ def _add_run(commands: Any) -> argparse.ArgumentParser:
     run.add_argument("--tracebacks", action="store_true",
                      help="also print the traceback of every failed step attempt")
     _add_database_options(run)
+    _add_busy_timeout(run)
     run.set_defaults(handler=_cli_commands.run)
     return run
 
@@ -127,6 +136,7 @@ def _add_migrate(commands: Any) -> argparse.ArgumentParser:
         "migrate", help="create or upgrade the store's schema")
     migrate.add_argument("app", metavar="APP", nargs="?", help="APP whose database to migrate")
     migrate.add_argument("--database-url", metavar="URL", help="instead of APP's: this URL")
+    _add_busy_timeout(migrate)
     migrate.set_defaults(handler=_cli_commands.migrate)
     return migrate
 
@@ -144,7 +154,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        _exit_if_step_bodies_linger()
     return 0
+
+
+def _exit_if_step_bodies_linger() -> None:
+    """Leave now if a step body is still running after the worker stopped.
+
+    Its run was given back (or its lease expires), so another worker resumes it; waiting
+    for the thread would keep a stopping worker alive past its grace period.
+    """
+    lingering = [t for t in threading.enumerate()
+                 if t.name.startswith("stride-handler") and t.is_alive()]
+    if lingering:
+        logging.getLogger("stride.worker").warning(
+            "exiting with %d step bodies still running; their runs resume elsewhere",
+            len(lingering))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ database without flags, exactly as in a shell session.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -40,9 +41,17 @@ def stride(database_url: str, *args: str, timeout: float = 60,
 
 
 def table_rows(output: str) -> list[list[str]]:
-    """The cells of every body row of the rich tables in `output`."""
-    return [[cell.strip() for cell in line.strip()[1:-1].split("│")]
-            for line in output.splitlines() if line.startswith("│")]
+    """The cells of the body rows of every table in `output` (columns are 2+ spaces apart)."""
+    rows: list[list[str]] = []
+    in_body = False
+    for line in output.splitlines():
+        if line.strip().startswith("───"):
+            in_body = True
+        elif not line.strip():
+            in_body = False
+        elif in_body:
+            rows.append(re.split(r"\s{2,}", line.strip()))
+    return rows
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -142,12 +151,12 @@ def test_worker_runs_sent_events_and_run_shows_every_attempt(
 
     listed = stride(sqlite_url, "runs")
     [row] = table_rows(listed.stdout)
-    assert row[:5] == [run_id, "three-steps", "completed", "test/three-steps", "3"]
+    assert row[:4] == [run_id, "three-steps", "completed", "3"]
 
     shown = stride(sqlite_url, "run", run_id)
     assert shown.returncode == 0, shown.stderr
-    steps = {row[1]: row for row in table_rows(shown.stdout) if row[1]}
-    assert {name: steps[name][3] for name in ("first", "flaky", "last")} == {
+    steps = {row[0]: row for row in table_rows(shown.stdout)}
+    assert {name: steps[name][2] for name in ("first", "flaky", "last")} == {
         "first": "1", "flaky": "3", "last": "1"}
     assert "#1 FlakyError: attempt 1 fails on purpose" in shown.stdout
     assert "#2 FlakyError: attempt 2 fails on purpose" in shown.stdout
@@ -185,7 +194,7 @@ def test_runs_filters_by_job_status_and_age(sqlite_url: str) -> None:
 def test_dev_demo_runs_the_example_and_reports_runs_as_lines(sqlite_url: str,
                                                             tmp_path: Path) -> None:
     result = stride(sqlite_url, "dev", EXAMPLE, "--demo", "--no-live", "--for", "8",
-                    STRIDE_EXAMPLE_OUTPUT=str(tmp_path / "out"))
+                    "--log-format", "json", STRIDE_EXAMPLE_OUTPUT=str(tmp_path / "out"))
 
     assert result.returncode == 0, result.stderr
     assert re.search(r"run \S+ process-context-file +completed", result.stdout)
@@ -193,6 +202,11 @@ def test_dev_demo_runs_the_example_and_reports_runs_as_lines(sqlite_url: str,
     completed = re.search(r"completed (\d+)", result.stdout.splitlines()[-1])
     assert completed and int(completed.group(1)) >= 3, result.stdout
     assert list((tmp_path / "out" / "contexts").glob("*/*.summary.json"))
+    logged = [json.loads(line) for line in result.stderr.splitlines()]
+    summarised = [e for e in logged if e["message"].startswith("summarised")]
+    assert summarised, result.stderr
+    assert {"app_id", "job_id", "run_id", "step_id", "attempt", "path"} <= set(summarised[0])
+    assert summarised[0]["job_id"] == "process-context-file"
 
 
 def test_dev_live_view_draws_the_runs_table(sqlite_url: str, tmp_path: Path) -> None:
