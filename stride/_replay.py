@@ -30,6 +30,14 @@ class Suspend(BaseException):
         self.status: RunStatus = status
 
 
+class RunLost(BaseException):
+    """This worker no longer holds the run (cancelled, or taken over after its lease expired).
+
+    A `BaseException`, so a handler's `except Exception` cannot swallow it and go on to run
+    the next step's body on a run that now belongs to someone else.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class StepCall:
     """One call of a step in this execution: its resolved id, position and recorded outcome."""

@@ -113,7 +113,7 @@ def validate_event_name(name: object) -> str:
             f"event name {name[:40]!r}... is {len(name)} characters; the limit is "
             f"{MAX_EVENT_NAME_LENGTH}"
         )
-    if not _EVENT_NAME.match(name):
+    if not _EVENT_NAME.fullmatch(name):
         raise InvalidEventError(
             f"event name {name!r} has a character outside {EVENT_NAME_CHARACTERS} "
             "(and must start with a letter or digit), e.g. 'context/file.uploaded'"

@@ -7,6 +7,7 @@ so a bad option fails at import time with the job id in the message, not at firs
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,8 @@ def parse_duration(value: float | int | timedelta | str, *, what: str = "duratio
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ConfigurationError(f"{what} {value!r} is not a duration")
+    if not math.isfinite(seconds):
+        raise ConfigurationError(f"{what} must be a finite duration, got {value!r}")
     if seconds < 0:
         raise ConfigurationError(f"{what} must not be negative, got {value!r}")
     return seconds
@@ -219,7 +222,7 @@ def build_job(
 
 
 def _check_job_id(job_id: object) -> None:
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ConfigurationError(
             f"job id {job_id!r} must be a slug: lowercase letters, digits, '.', '_' or '-', "
             "at most 128 characters, e.g. 'process-context-file'"

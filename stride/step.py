@@ -9,9 +9,12 @@ Both accept sync and async callables.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -28,6 +31,7 @@ class StepDriver(Protocol):
     """What an executor provides to the step API (see `executors.inprocess`)."""
 
     loop: asyncio.AbstractEventLoop
+    threads: Executor
 
     def begin(self, user_id: str) -> StepCall: ...
 
@@ -89,8 +93,11 @@ class Step:
         try:
             if inspect.iscoroutinefunction(fn):
                 value = await fn(*args, **kwargs)
-            else:
-                value = await asyncio.to_thread(fn, *args, **kwargs)
+            else:  # the worker's own pool: a stuck body must not hold up process exit
+                call_in_context = functools.partial(contextvars.copy_context().run, fn,
+                                                    *args, **kwargs)
+                value = await self._driver.loop.run_in_executor(self._driver.threads,
+                                                                call_in_context)
                 if inspect.isawaitable(value):
                     value = await value
         except Exception as exc:

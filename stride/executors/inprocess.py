@@ -24,7 +24,7 @@ from stride import _codec
 from stride._current import RunScope, current_run
 from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
 from stride._failures import describe_error
-from stride._replay import Memo, StepCall, Suspend
+from stride._replay import Memo, RunLost, StepCall, Suspend
 from stride.context import Context, RunLogger, SyncContext
 from stride.errors import (
     LeaseLost,
@@ -85,11 +85,14 @@ class RunExecution:
     """One execution of one claimed run: the step driver the step API talks to."""
 
     def __init__(self, store: Store, job: Job[Any, Any], claimed: ClaimedRun,
-                 loop: asyncio.AbstractEventLoop, draining: Callable[[], bool]) -> None:
+                 loop: asyncio.AbstractEventLoop, draining: Callable[[], bool],
+                 threads: Executor) -> None:
         self.store = store
         self.job = job
         self.claimed = claimed
         self.loop = loop
+        self.threads = threads
+        self._lost: str | None = None
         self.memo = Memo(claimed.steps)
         self._draining = draining
         self._in_flight = 0
@@ -98,7 +101,18 @@ class RunExecution:
 
     # -- StepDriver ----------------------------------------------------------
 
+    async def _checkpoint(self, record: StepRecord) -> None:
+        """Commit a step's outcome; if the run is no longer ours, stop the handler for good."""
+        try:
+            await self.store.checkpoint(self.claimed.lease, record)
+        except (LeaseLost, StoreError) as exc:
+            self._lost = str(exc)
+            raise RunLost(self._lost) from exc
+        self.memo.record(record)
+
     def begin(self, user_id: str) -> StepCall:
+        if self._lost is not None:
+            raise RunLost(self._lost)
         call = self.memo.next_call(user_id)
         if call.recorded is None and self._draining():
             # shutting down: stop at this step boundary and let another worker continue
@@ -139,14 +153,12 @@ class RunExecution:
                 raise Suspend(_now_ms(), "worker is shutting down")
             record = StepRecord(step_id=call.step_id, position=call.position, kind="sleep",
                                 status="sleeping", started_at=_now_ms(), wake_at=wake_at)
-            await self.store.checkpoint(self.claimed.lease, record)
-            self.memo.record(record)
+            await self._checkpoint(record)
         if record.status == "completed":
             return
         if record.wake_at is None or _now_ms() >= record.wake_at:
             done = replace(record, status="completed", ended_at=_now_ms())
-            await self.store.checkpoint(self.claimed.lease, done)
-            self.memo.record(done)
+            await self._checkpoint(done)
             return
         raise Suspend(record.wake_at, f"step {call.step_id!r} sleeps", "sleeping")
 
@@ -176,8 +188,7 @@ class RunExecution:
             output_json=output_json, attempts=call.previous_attempts + 1,
             errors_json=_codec.dumps_str(errors) if errors else None,
             started_at=started_at, ended_at=_now_ms())
-        await self.store.checkpoint(self.claimed.lease, record)
-        self.memo.record(record)
+        await self._checkpoint(record)
         return restore(output_json, fn)
 
     async def _failed(self, call: StepCall, exc: Exception, started_at: int) -> Any:
@@ -192,8 +203,7 @@ class RunExecution:
             status="failed" if final else "retrying", error_json=_codec.dumps_str(error),
             attempts=attempt, errors_json=_codec.dumps_str(errors), started_at=started_at,
             ended_at=now)
-        await self.store.checkpoint(self.claimed.lease, record)
-        self.memo.record(record)
+        await self._checkpoint(record)
         if final:
             raise StepError(call.step_id, error)
         delay = self._retry_delay(exc, attempt)
@@ -222,13 +232,21 @@ class RunExecution:
                                                          self.job.handler, ctx)
         except Suspend as suspend:
             await self._settle_parallel_steps()
+            if self._lost is not None:
+                return Abandoned(self._lost)
             return Rescheduled(suspend.available_at, suspend.status)
+        except RunLost as lost:
+            return Abandoned(str(lost))
         except LeaseLost as exc:
             return Abandoned(str(exc))
         except StoreError as exc:
             return Abandoned(f"store error: {exc}")
         except Exception as exc:
+            if self._lost is not None:  # the handler swallowed RunLost's cause; still lost
+                return Abandoned(self._lost)
             return self._handler_failed(exc, started)
+        if self._lost is not None:
+            return Abandoned(self._lost)
         try:
             return Completed(_codec.dumps_str(
                 result, what=f"the output of job {self.job.id!r} (the handler's return value)"))
@@ -271,7 +289,7 @@ async def run_claimed(store: Store, job: Job[Any, Any], claimed: ClaimedRun, *, 
                       threads: Executor, logger: logging.Logger,
                       draining: Callable[[], bool]) -> Decision:
     """Execute one claimed run to its next decision (the worker applies it)."""
-    execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining)
+    execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining, threads)
     ctx = build_context(execution, app_id, logger)
     token = current_run.set(RunScope(app_id, job.id, claimed.lease.run_id, claimed.event.id,
                                      ctx.event.user))

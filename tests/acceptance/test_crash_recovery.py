@@ -158,9 +158,6 @@ async def test_a_frozen_worker_loses_its_run_and_cannot_commit_to_it(
     assert runs_of(tmp_path, "step-3") == [rescuer.pid]
 
 
-@pytest.mark.xfail(reason="LeaseLost derives from Exception: a handler that catches Exception "
-                          "around a step swallows it, and the worker that lost the run goes on "
-                          "to execute the next step's body", strict=True)
 async def test_a_worker_that_lost_its_run_runs_no_more_steps_even_if_errors_are_caught(
         app: Stride, workers: Workers, tmp_path: Path) -> None:
     [event_id] = await app.dispatch(EVENT, {"workdir": str(tmp_path), "hang_seconds": 2.5,
@@ -175,10 +172,6 @@ async def test_a_worker_that_lost_its_run_runs_no_more_steps_even_if_errors_are_
 # --- a step that outlasts the grace period ------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="a sync step body still running when the grace period ends keeps the "
-                          "process alive until it returns: asyncio.run() joins the default "
-                          "executor's thread (and concurrent.futures joins it at exit)",
-                   strict=True)
 async def test_a_worker_exits_within_its_grace_even_if_a_step_outlasts_it(
         app: Stride, workers: Workers, tmp_path: Path) -> None:
     grace = 1.0
