@@ -220,6 +220,23 @@ def test_dev_live_view_draws_the_runs_table(sqlite_url: str, tmp_path: Path) -> 
     assert "completed 1" in result.stdout.splitlines()[-1]
 
 
+def test_dev_stops_cleanly_on_ctrl_c(sqlite_url: str) -> None:
+    dev = subprocess.Popen([sys.executable, "-m", "stride", "dev", APP, "--no-live"], cwd=ROOT,
+                           env=command_env(sqlite_url), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert dev.stderr is not None
+    started = dev.stderr.readline()  # the worker's first log line
+    assert "started" in started, started
+
+    dev.send_signal(signal.SIGINT)
+    stdout, stderr = dev.communicate(timeout=30)
+
+    assert dev.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "stopped" in stderr
+    assert "stride dev ran" in stdout
+
+
 def test_dev_demo_needs_a_demo_coroutine_in_the_app_module(sqlite_url: str) -> None:
     result = stride(sqlite_url, "dev", APP, "--demo", "--for", "1")
 
