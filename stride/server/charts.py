@@ -141,16 +141,16 @@ def bar_chart(values: Sequence[float], titles: Sequence[str]) -> list[Rect]:
 def polyline(values: Sequence[float | None], top: float) -> list[str]:
     """`points` strings of the line through the known values (a gap splits the line)."""
     step = CHART_W / max(len(values) - 1, 1)
-    lines: list[str] = []
-    current: list[str] = []
+    runs: list[list[tuple[float, float]]] = [[]]
     for index, value in enumerate(values):
         if value is None:
-            if current:
-                lines.append(" ".join(current))
-            current = []
-            continue
-        y = CHART_H - 1 - value * (CHART_H - 2) / (top or 1)
-        current.append(f"{index * step:.1f},{y:.1f}")
-    if current:
-        lines.append(" ".join(current))
+            runs.append([])
+        else:
+            runs[-1].append((index * step, CHART_H - 1 - value * (CHART_H - 2) / (top or 1)))
+    lines = []
+    for points in filter(None, runs):
+        if len(points) == 1:  # a lone minute: a short dash, so that it shows
+            (x, y), = points
+            points = [(max(0.0, x - 2), y), (min(float(CHART_W), x + 2), y)]
+        lines.append(" ".join(f"{x:.1f},{y:.1f}" for x, y in points))
     return lines

@@ -74,10 +74,12 @@ def step_history(step: StepRecord) -> list[StepAttempt]:
                for number, error in enumerate(_errors(step.errors_json), start=1)]
     if step.status in ("completed", "sleeping"):
         end = step.ended_at if step.status == "completed" else step.wake_at
+        # a step's started_at is its first attempt's; the last one began after the last error
+        starts = [step.started_at, *(a.ended_at for a in history)]
+        start = max((t for t in starts if t is not None), default=None)
         history.append(StepAttempt(
-            attempt=step.attempts, outcome=step.status,
-            started_at=step.started_at, ended_at=end,
-            duration_ms=_duration(step.started_at, end), error=None))
+            attempt=step.attempts, outcome=step.status, started_at=start, ended_at=end,
+            duration_ms=_duration(start, end), error=None))
     return history
 
 
