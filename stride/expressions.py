@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import cel
-
 from stride.errors import ConfigurationError
 
 _POSITION = re.compile(r"<input>:(\d+):(\d+)")
@@ -57,6 +55,8 @@ def compile_expression(source: str, *, owner: str) -> Expression:
 
 @functools.lru_cache(maxsize=1024)
 def _compile(source: str) -> Expression:
+    import cel  # imported on first use: it costs ~1 s of start-up for every CLI command
+
     return Expression(source, cel.compile(source))
 
 
