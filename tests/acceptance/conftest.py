@@ -7,12 +7,15 @@ SQLite file; each process writes its log to a file the failure message can quote
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,7 @@ class WorkerProcess:
 
     process: subprocess.Popen[bytes]
     log_path: Path
+    db_path: Path
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -51,8 +55,24 @@ class WorkerProcess:
                          what=f"worker {self.pid} to exit; its log:\n{self.log()}")
         return self.process.returncode
 
+    async def wait_until_up(self, *, timeout: float = 30.0) -> None:
+        """Wait for the worker's first heartbeat: from then on it handles SIGTERM gracefully.
+
+        (A SIGTERM that arrives while Python is still importing the app ends the process
+        the default way, with status -15, before Stride could install its handler.)
+        """
+
+        async def heartbeat_seen() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker {self.pid} ended early; its log:\n{self.log()}")
+            return self.pid in worker_pids(self.db_path)
+
+        await eventually(heartbeat_seen, timeout=timeout, interval=0.05,
+                         what=f"worker {self.pid} to start; its log:\n{self.log()}")
+
     async def stop(self) -> int:
-        """SIGTERM, then wait: a graceful stop."""
+        """SIGTERM once the worker is up, then wait: a graceful stop."""
+        await self.wait_until_up()
         self.send(signal.SIGTERM)
         return await self.exit_code()
 
@@ -75,7 +95,7 @@ class Workers:
                 [sys.executable, "-m", "stride", "worker", app, "--concurrency",
                  str(concurrency), "--lease", str(lease), "--grace", str(grace)],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        worker = WorkerProcess(process, log_path)
+        worker = WorkerProcess(process, log_path, Path(self.database_url.removeprefix("sqlite:///")))
         self.started.append(worker)
         return worker
 
@@ -88,6 +108,18 @@ class Workers:
             if worker.process.poll() is None:
                 worker.process.kill()
                 worker.process.wait(timeout=10)
+
+
+def worker_pids(db_path: Path) -> set[int]:
+    """The pids of the workers that have sent a heartbeat to this database."""
+    if not db_path.exists():
+        return set()
+    try:
+        with closing(sqlite3.connect(db_path)) as conn:
+            rows = conn.execute("SELECT info FROM workers").fetchall()
+    except sqlite3.OperationalError:  # not migrated yet
+        return set()
+    return {json.loads(info).get("pid") for (info,) in rows}
 
 
 @pytest.fixture

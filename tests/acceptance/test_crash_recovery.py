@@ -110,15 +110,8 @@ async def test_a_worker_with_no_work_stops_at_once_on_sigterm(workers: Workers,
     await app.store()  # the database exists before the worker starts
     await app.aclose()
     idle = workers.start(APP, lease=2, grace=5)
+    await idle.wait_until_up()
 
-    async def heartbeat_seen() -> bool:
-        import sqlite3
-        from contextlib import closing
-
-        with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as conn:
-            return conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 1
-
-    await eventually(heartbeat_seen, timeout=20, what=f"the worker to start\n{idle.log()}")
     asked = time.monotonic()
     assert await idle.stop() == 0, idle.log()
     assert time.monotonic() - asked < 2.0

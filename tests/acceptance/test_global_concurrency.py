@@ -8,8 +8,6 @@ laid side by side and the most that ever overlapped is counted.
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -47,11 +45,8 @@ async def test_three_workers_never_run_more_than_the_job_allows(
     work_log = tmp_path / "work.log"
     started = [workers.start(APP, concurrency=5, lease=2) for _ in range(3)]
 
-    async def all_workers_alive() -> bool:
-        with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as conn:
-            return conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 3
-
-    await eventually(all_workers_alive, timeout=30, what=f"3 workers\n{workers.logs()}")
+    for worker in started:
+        await worker.wait_until_up()  # all three compete from the first run on
 
     await app.dispatch_many([(EVENT, {"log": str(work_log), "seconds": STEP_SECONDS})
                              for _ in range(RUNS)])
