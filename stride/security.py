@@ -30,6 +30,19 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 from stride._current import current_run, current_step
 from stride.errors import ConfigurationError, StrideError
 
+__all__ = [
+    "ActorScope",
+    "MissingSecurityContext",
+    "RlsBypass",
+    "SecurityContext",
+    "current_actor",
+    "current_security_context",
+    "scope_marker",
+    "set_actor",
+    "with_actor",
+    "with_rls_bypass",
+]
+
 P = ParamSpec("P")
 T = TypeVar("T")
 Kind = Literal["system", "user", "none"]
@@ -42,6 +55,7 @@ class MissingSecurityContext(StrideError):
     Under row-level security such a query would silently see no rows. Run it as the user who
     dispatched the event (`with ctx.as_actor():` / `with with_actor(ctx.event.user):`), or,
     for work that must see every user's rows, inside `with with_rls_bypass("tag"):`.
+    Raised in strict mode only (`install_rls(engine, strict=True)`, `stride dev`).
     """
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from stride._current import current_run
 from stride.errors import ConfigurationError
 from stride.integrations import (
     DEFAULT_SETTINGS,
@@ -82,8 +83,8 @@ class RlsInstallation:
         if applied is _ROLLING_BACK:
             conn.info[_APPLIED] = _UNKNOWN
             return
-        if marker is applied and marker is not None:
-            return  # the common case: this scope's settings are already in force
+        if marker is applied and (marker is not None or current_run.get() is None):
+            return  # in force already, or no context outside jobs (web requests): nothing to do
         ctx = check_strict(self.strict, current_security_context())
         if marker is applied or not self.applies_settings:
             conn.info[_APPLIED] = marker
