@@ -126,6 +126,8 @@ def _checkpoint(s: str) -> str:
     # FOR SHARE on the run makes the lease check hold until commit: a reclaim that moves the
     # lease waits for this transaction (or this one sees the new token and writes nothing).
     # A completed step is never overwritten; the worker learns it through a missing row.
+    # Rewriting it with the very same outcome is accepted, though: that is the writer
+    # retrying a transaction whose COMMIT landed just before the connection dropped.
     return (
         f"INSERT INTO {s}.steps (run_id, step_id, position, kind, status, output, error, "
         "attempts, errors, started_at, ended_at, wake_at) "
@@ -141,7 +143,9 @@ def _checkpoint(s: str) -> str:
         "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, "
         "output = excluded.output, error = excluded.error, attempts = excluded.attempts, "
         "errors = excluded.errors, ended_at = excluded.ended_at, wake_at = excluded.wake_at "
-        f"WHERE {s}.steps.status <> 'completed' RETURNING run_id, step_id")
+        f"WHERE {s}.steps.status <> 'completed' OR (excluded.status = 'completed' AND "
+        f"excluded.output IS NOT DISTINCT FROM {s}.steps.output AND "
+        f"excluded.attempts = {s}.steps.attempts) RETURNING run_id, step_id")
 
 
 def _claim(s: str, *, limited: bool) -> str:

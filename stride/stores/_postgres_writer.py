@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import psycopg
 import psycopg_pool
 
+from stride.errors import LeaseLost
 from stride.stores._postgres_conn import PgTarget, is_unavailable, translate, unavailable
 from stride.stores.base import Lease
 
@@ -124,7 +125,16 @@ class GroupCommitWriter:
                 return
             for op, result in zip(batch, results, strict=True):
                 _settle(op, result)
+            self._hand_back_refused(batch, results)
             return
+
+    def _hand_back_refused(self, batch: list[_Op], results: list[Any]) -> None:
+        """Leases refused as lost are handed back all the same: a no-op when another worker
+        holds the run, and the way out if this worker still holds it unknowingly."""
+        refused = [lease for op, result in zip(batch, results, strict=True)
+                   if isinstance(result, LeaseLost) and (lease := op.kind.lease(op.item))]
+        if refused:
+            self._on_abandoned(refused)
 
     async def _isolate(self, batch: list[_Op], exc: Exception) -> None:
         """One op broke the shared transaction: rerun each alone so only it fails."""
