@@ -46,6 +46,24 @@ def test_a_repeated_id_gets_a_counter_per_id() -> None:
     assert ids == ["fetch", "fetch:1", "parse", "fetch:2", "parse:1"]
 
 
+@pytest.mark.xfail(reason="a user step id that looks like a counter ('fetch:1') collides with "
+                          "the counter of a repeated 'fetch': both calls resolve to one step id, "
+                          "so the later call gets the earlier step's recorded outcome", strict=True)
+def test_an_id_that_looks_like_a_counter_never_shares_a_step_with_another_call() -> None:
+    memo = Memo()
+    try:
+        calls = [memo.next_call(step) for step in ("fetch:1", "fetch", "fetch")]
+    except ConfigurationError:
+        return  # refusing user ids that look like counters is a fine answer too
+    memo.record(done(calls[0].step_id, calls[0].position))
+    replay = Memo(memo.recorded())
+
+    replayed = [replay.next_call(step) for step in ("fetch:1", "fetch", "fetch")]
+
+    assert len({call.step_id for call in calls}) == 3
+    assert replayed[2].recorded is None, "the third call has no recorded outcome of its own"
+
+
 def test_counters_start_again_for_each_execution() -> None:
     first, replay = Memo(), Memo()
     for memo in (first, replay):
