@@ -48,19 +48,28 @@ from stride.stores._postgres_ops import (
     PublishOp,
     RescheduleOp,
 )
-from stride.stores._postgres_sql import Statements
+from stride.stores._postgres_sql import RUN_COLUMNS, Statements
 from stride.stores._postgres_writer import GroupCommitWriter, OpKind, transaction
 from stride.stores.base import (
     ClaimedRun,
+    EventListing,
     EventRow,
+    JobActivity,
     Lease,
     NewEvent,
     NewRun,
     PublishResult,
+    QueueStats,
+    RunCount,
     RunFilter,
     RunRow,
     RunStatus,
     StepRecord,
+    StepTiming,
+    WorkerRow,
+    event_cursor,
+    id_floor,
+    parse_event_cursor,
 )
 
 T = TypeVar("T")
@@ -447,6 +456,92 @@ class PostgresStore:
         return [AuditRecord(*row) for row in await self._with_conn(run)]
 
 
+    # -- read-only queries for the dashboard, the HTTP API and /metrics ----------
+
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+        return await self._with_conn(run)
+
+    async def search_runs(self, query: RunFilter, *, text: str | None = None) -> list[RunRow]:
+        where, params = _run_search_sql(query, text, f'"{self.schema}"')
+        sql = (f'SELECT {RUN_COLUMNS} FROM "{self.schema}".runs {where} '
+               "ORDER BY id DESC LIMIT %s")
+        rows = await self._rows(sql, [*params, max(1, min(query.limit, 1000))])
+        return [_run_row(row, ()) for row in rows]
+
+    async def list_events(self, *, name: str | None = None, before: str | None = None,
+                          limit: int = 50) -> list[EventListing]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if name is not None:
+            clauses.append("name = %s")
+            params.append(name)
+        if before is not None:
+            clauses.append("(received_at, id) < (%s, %s)")
+            params += list(parse_event_cursor(before))
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
+        sql = (f'SELECT id, name, data, "user", ts, received_at FROM "{self.schema}".events '
+               f"{where} ORDER BY received_at DESC, id DESC LIMIT %s")
+        rows = await self._rows(sql, [*params, max(1, min(limit, 1000))])
+        return [EventListing(id_, name_, data, user, ts, received_at,
+                             event_cursor(received_at, id_))
+                for id_, name_, data, user, ts, received_at in rows]
+
+    async def runs_for_events(self, event_ids: Sequence[str]) -> list[RunRow]:
+        ids = list(dict.fromkeys(event_ids))[:500]
+        if not ids:
+            return []
+        sql = (f'SELECT {RUN_COLUMNS} FROM "{self.schema}".runs WHERE event_id = ANY(%s) '
+               "ORDER BY id DESC LIMIT 5000")
+        return [_run_row(row, ()) for row in await self._rows(sql, [ids])]
+
+    async def queue_stats(self, now_ms: int) -> QueueStats:
+        s = f'"{self.schema}"'
+        [(waiting, due, oldest, running)] = await self._rows(
+            "SELECT count(*) FILTER (WHERE status IN ('queued', 'sleeping', 'waiting')), "
+            "count(*) FILTER (WHERE status IN ('queued', 'sleeping', 'waiting') "
+            "AND available_at <= %s), "
+            "min(available_at) FILTER (WHERE status IN ('queued', 'sleeping', 'waiting') "
+            "AND available_at <= %s), count(*) FILTER (WHERE status = 'running') "
+            f"FROM {s}.runs WHERE status IN ('queued', 'sleeping', 'waiting', 'running')",
+            (now_ms, now_ms))
+        return QueueStats(waiting=waiting, due=due, running=running, oldest_due_at=oldest)
+
+    async def list_workers(self, *, since_ms: int) -> list[WorkerRow]:
+        rows = await self._rows(
+            f'SELECT id, app_id, info, started_at, heartbeat_at FROM "{self.schema}".workers '
+            "WHERE heartbeat_at >= %s ORDER BY heartbeat_at DESC LIMIT 1000", (since_ms,))
+        return [WorkerRow(*row) for row in rows]
+
+    async def run_counts(self) -> list[RunCount]:
+        rows = await self._rows(
+            f'SELECT job_id, status, count(*) FROM "{self.schema}".runs GROUP BY job_id, status',
+            ())
+        return [RunCount(*row) for row in rows]
+
+    async def job_activity(self, *, since_ms: int, bucket_ms: int,
+                           limit: int) -> list[JobActivity]:
+        bucket = max(1, bucket_ms)
+        params = (since_ms, bucket, id_floor(since_ms - _ID_SLACK_MS), since_ms, max(1, limit))
+        rows = await self._rows(_activity_sql(f'"{self.schema}"'), params)
+        return [JobActivity(job, since_ms + int(slot) * bucket, runs, failed, p50, p95,
+                            None if lag is None else float(lag))
+                for job, slot, runs, failed, p50, p95, lag in rows]
+
+    async def step_timings(self, *, since_ms: int, limit: int) -> list[StepTiming]:
+        s = f'"{self.schema}"'
+        rows = await self._rows(
+            "SELECT r.job_id, st.kind, st.status, st.ended_at - st.started_at "
+            f"FROM (SELECT id, job_id FROM {s}.runs WHERE id >= %s AND created_at >= %s "
+            f"ORDER BY id DESC LIMIT %s) AS r JOIN {s}.steps st ON st.run_id = r.id "
+            "WHERE st.started_at IS NOT NULL AND st.ended_at IS NOT NULL",
+            (id_floor(since_ms - _ID_SLACK_MS), since_ms, max(1, limit)))
+        return [StepTiming(*row) for row in rows]
+
+
 _AUDIT_FIELDS = ("id", "tag", "app_id", "job_id", "run_id", "step_id", "attempt", "actor_json",
                  "started_at", "ended_at", "outcome", "error")
 _AUDIT_COLUMNS = ("id, tag, app_id, job_id, run_id, step_id, attempt, actor, started_at, "
@@ -561,3 +656,51 @@ def _run_row(row: tuple[Any, ...], steps: tuple[StepRecord, ...]) -> RunRow:
      available_at, output, error, errors, lease_owner) = row
     return RunRow(run_id, app_id, job_id, event_id, status, attempt, created_at, started_at,
                   ended_at, available_at, output, error, errors, lease_owner, steps)
+
+
+# -- the dashboard queries (the same shapes as the SQLite store's) --------------------------
+
+# Run ids start with their creation time, so a time range is also an id range on the
+# primary key; the slack covers the moments between making an id and the commit.
+_ID_SLACK_MS = 60_000
+
+
+def _run_search_sql(query: RunFilter, text: str | None, schema: str) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("job_id", query.job_id), ("status", query.status),
+                          ("event_id", query.event_id)):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if query.since_ms is not None:
+        clauses += ["id >= %s", "created_at >= %s"]
+        params += [id_floor(query.since_ms - _ID_SLACK_MS), query.since_ms]
+    if query.until_ms is not None:
+        clauses += ["id < %s", "created_at < %s"]
+        params += [id_floor(query.until_ms + _ID_SLACK_MS), query.until_ms]
+    if query.before is not None:
+        clauses.append("id < %s")
+        params.append(query.before)
+    if text:
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append(f"EXISTS (SELECT 1 FROM {schema}.events e WHERE e.id = runs.event_id "
+                       "AND e.data ILIKE %s)")
+        params.append(f"%{escaped}%")
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _activity_sql(schema: str) -> str:
+    """Counts, failures, mean lag and p50/p95 duration per job and bucket, over the newest
+    runs of the window (bounded by the LIMIT)."""
+    return f"""
+        WITH recent AS (
+            SELECT job_id, (created_at - %s) / %s AS bucket, status,
+                   ended_at - started_at AS duration, started_at - created_at AS lag
+            FROM {schema}.runs WHERE id >= %s AND created_at >= %s ORDER BY id DESC LIMIT %s
+        )
+        SELECT job_id, bucket, count(*), count(*) FILTER (WHERE status = 'failed'),
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY duration),
+               percentile_disc(0.95) WITHIN GROUP (ORDER BY duration),
+               avg(lag)
+        FROM recent GROUP BY job_id, bucket ORDER BY job_id, bucket"""
