@@ -25,7 +25,7 @@ def backend_url(database_url: str) -> str:
 async def test_dashboard_queries_agree_on_every_backend(backend_url: str) -> None:
     app = make_app(backend_url)
     try:
-        greet, flaky, parked, quiet = await populate(app)
+        _greet, flaky, _parked, quiet = await populate(app)
         store = await app.store()
         now = time.time_ns() // 1_000_000
 
