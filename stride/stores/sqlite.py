@@ -1,10 +1,10 @@
 """The embedded SQLite store: zero set-up, one or several processes on one machine.
 
 WAL mode lets readers run beside the one writer. All writes of a process go through one
-writer thread that commits whatever is queued in one transaction (group commit); reads run
-on a small thread pool with their own connections. Other processes' commits are noticed
-through `PRAGMA data_version`, a counter SQLite bumps on every foreign commit, polled
-cheaply instead of querying for work.
+writer on the event loop that commits whatever is queued in one transaction (group commit,
+see `_sqlite_writer`); reads run on a small thread pool with their own connections. Other
+processes' commits are noticed through `PRAGMA data_version`, a counter SQLite bumps on
+every foreign commit, polled cheaply instead of querying for work.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class SqliteStore:
             raise ConfigurationError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
         self._busy_timeout_ms = busy_timeout_ms
         self._synchronous = synchronous.upper()
-        self._writer = SqliteWriter(self._connect, self.path)
+        self._writer = SqliteWriter(self._connect, self.path, busy_timeout_ms=busy_timeout_ms)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stride-sqlite-read")
         self._local = threading.local()
         self._changed = asyncio.Event()
@@ -149,7 +149,7 @@ class SqliteStore:
         if not self._opened:
             return
         self._opened = False
-        await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+        await self._writer.stop()
         self._readers.shutdown(wait=True)
         if self._version_conn is not None:
             self._version_conn.close()
@@ -422,7 +422,7 @@ class SqliteStore:
         return [StepTiming(*row) for row in rows]
 
 
-# -- the operations the writer thread runs, each inside a shared transaction --
+# -- the operations the writer runs, each inside a shared transaction --
 
 def _migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
