@@ -5,6 +5,15 @@ Example:
     server = create_server(jobs, event_keys=["..."], api_keys=["..."])   # an ASGI app
 """
 
-from stride.server.server import DEFAULT_HOST, DEFAULT_PORT, create_server, run, serve
+from stride.server.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    create_server,
+    run,
+    serve,
+    serve_http,
+)
+from stride.server.tracing import RunTracer
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_server", "run", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "RunTracer", "create_server", "run", "serve",
+           "serve_http"]

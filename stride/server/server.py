@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -128,32 +130,79 @@ def create_server(app: Stride, *, dev: bool = False, event_keys: Sequence[str] =
     return server
 
 
-async def serve(app: Stride, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                dev: bool = False, event_keys: Sequence[str] = (), api_keys: Sequence[str] = (),
-                worker: bool | None = None, worker_options: dict[str, Any] | None = None,
-                log_level: str = "info") -> None:
-    """Run the server with uvicorn until SIGINT/SIGTERM; with `worker`, an in-process worker too.
-
-    Dev mode binds 127.0.0.1 only and runs a worker unless `worker=False`.
-    """
-    import uvicorn
-
+def _check_bind(host: str, dev: bool) -> None:
     if dev and host not in LOCAL_HOSTS:
         raise ConfigurationError(
             f"dev mode has no authentication and binds 127.0.0.1 only, not {host!r}; "
             "use `stride serve` with keys to listen on other addresses")
-    server_app = create_server(app, dev=dev, event_keys=event_keys, api_keys=api_keys)
-    config = uvicorn.Config(server_app, host=host, port=port, log_level=log_level,
-                            lifespan="off", proxy_headers=False)
-    server = uvicorn.Server(config)
+
+
+class _Uvicorn:
+    """uvicorn without its own signal handling: the caller decides when to stop."""
+
+    @staticmethod
+    def server(config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        return Server(config)
+
+
+async def serve_http(app: Stride, *, stop: asyncio.Event, host: str = DEFAULT_HOST,
+                     port: int = DEFAULT_PORT, dev: bool = False,
+                     event_keys: Sequence[str] = (), api_keys: Sequence[str] = (),
+                     log_level: str = "warning") -> None:
+    """Serve HTTP on `host:port` until `stop` is set. The store and workers are the caller's
+    (this is what `stride dev` runs beside its worker and terminal view)."""
+    import uvicorn
+
+    _check_bind(host, dev)
+    asgi = create_server(app, dev=dev, event_keys=event_keys, api_keys=api_keys)
+    server = _Uvicorn.server(uvicorn.Config(asgi, host=host, port=port, log_level=log_level,
+                                            lifespan="off", proxy_headers=False))
+
+    async def stop_later() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_later(), name="stride-http-stop")
+    log.info("Stride %s on http://%s:%d/", "dev server" if dev else "server", host, port)
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+    if not server.started:
+        raise ConfigurationError(f"could not listen on {host}:{port} (is the port in use?)")
+
+
+async def serve(app: Stride, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                dev: bool = False, event_keys: Sequence[str] = (), api_keys: Sequence[str] = (),
+                worker: bool | None = None, worker_options: dict[str, Any] | None = None,
+                stop: asyncio.Event | None = None, log_level: str = "info") -> None:
+    """Run the server until SIGINT/SIGTERM (or `stop`); with `worker`, an in-process worker.
+
+    Dev mode binds 127.0.0.1 only and runs a worker unless `worker=False`. Closes the app's
+    store at the end.
+    """
+    _check_bind(host, dev)
+    create_server(app, dev=dev, event_keys=event_keys, api_keys=api_keys)  # fail fast on keys
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
     await app.store()
     run_worker = dev if worker is None else worker
     handle = app.worker(**(worker_options or {})) if run_worker else None
     if handle is not None:
         await handle.start()
-    log.info("Stride %s on http://%s:%d/", "dev server" if dev else "server", host, port)
     try:
-        await server.serve()
+        await serve_http(app, stop=stop, host=host, port=port, dev=dev, event_keys=event_keys,
+                         api_keys=api_keys, log_level=log_level)
     finally:
         if handle is not None:
             await handle.stop()

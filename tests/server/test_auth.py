@@ -116,3 +116,24 @@ async def test_dev_mode_answers_local_host_names_only(world: World) -> None:
         assert (await other.get("/api/v1/jobs")).status_code == 400
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost:8288") as local:
         assert (await local.get("/api/v1/jobs")).status_code == 200
+
+
+async def test_serve_http_answers_until_stopped(world: World) -> None:
+    import asyncio
+
+    from stride.server import serve_http
+    from tests.server.live import free_port
+
+    port = free_port()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_http(world.app, stop=stop, port=port, dev=True))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        for _ in range(100):
+            try:
+                response = await http.get("/api/v1/jobs")
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+        assert response.status_code == 200
+    stop.set()
+    await asyncio.wait_for(task, 10)

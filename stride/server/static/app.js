@@ -63,8 +63,20 @@ async function refresh(body) {
   body.closest("form").dispatchEvent(new Event("stride:rows"));
 }
 
+// Empty filters are left out of the URL, so that it stays short and shareable.
+function cleanFilters() {
+  for (const form of document.querySelectorAll("form.filters")) {
+    const fields = [...form.querySelectorAll("input, select")];
+    form.addEventListener("submit", () => {
+      for (const field of fields) if (!field.value) field.disabled = true;
+    });
+    window.addEventListener("pageshow", () => { for (const field of fields) field.disabled = false; });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   localTimes(document);
+  cleanFilters();
   bulkSelection();
   liveRuns();
 });
