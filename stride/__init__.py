@@ -4,6 +4,7 @@ Dispatch a named event; every job triggered by it runs in the background as a se
 checkpointed steps that survive retries and crashes.
 """
 
+from stride._audit import AuditRecord
 from stride._current import current_idempotency_key
 from stride.app import JobDecorator, Stride, WorkerHandle
 from stride.context import Context, SyncContext
@@ -27,11 +28,21 @@ from stride.errors import (
 from stride.events import Event, EventType, OutgoingEvent
 from stride.jobs import Backoff, CronTrigger, EventTrigger, Job, JobConfig, cron, on_event
 from stride.runs import Run, StepInfo
+from stride.security import (
+    MissingSecurityContext,
+    SecurityContext,
+    current_actor,
+    current_security_context,
+    set_actor,
+    with_actor,
+    with_rls_bypass,
+)
 from stride.step import Step, SyncStep
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditRecord",
     "Backoff",
     "ConfigurationError",
     "Context",
@@ -45,12 +56,14 @@ __all__ = [
     "JobConfig",
     "JobDecorator",
     "LeaseLost",
+    "MissingSecurityContext",
     "NonDeterminismError",
     "NonRetriableError",
     "OutgoingEvent",
     "RetryAfterError",
     "Run",
     "RunNotFound",
+    "SecurityContext",
     "SerializationError",
     "Step",
     "StepError",
@@ -65,6 +78,11 @@ __all__ = [
     "WaitTimeout",
     "WorkerHandle",
     "cron",
+    "current_actor",
     "current_idempotency_key",
+    "current_security_context",
     "on_event",
+    "set_actor",
+    "with_actor",
+    "with_rls_bypass",
 ]

@@ -21,7 +21,7 @@ from stride._cli_db import (
     resolve_database_url,
     use_database,
 )
-from stride._cli_render import counts_text, run_detail, runs_table
+from stride._cli_render import audit_table, counts_text, run_detail, runs_table
 from stride._cli_watch import RunWatcher
 from stride._loader import load_app
 from stride.app import Stride
@@ -149,9 +149,26 @@ async def run(args: argparse.Namespace) -> None:
             raise RunNotFound(f"no run with id {args.run_id!r} in {redact(store.url)}")
         found = Run.from_row(row)
         event = await store.get_event(found.event_id)
+        bypasses = await store.list_audit(run_id=found.id, limit=1000)
     finally:
         await store.close()
-    Console().print(run_detail(found, event, tracebacks=args.tracebacks))
+    Console().print(run_detail(found, event, tracebacks=args.tracebacks, audit=bypasses))
+
+
+async def audit(args: argparse.Namespace) -> None:
+    """Print the RLS bypass audit trail, newest first."""
+    if args.limit < 1:
+        raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
+    store = await _open_for_reading(args)
+    try:
+        records = await store.list_audit(run_id=args.run, tag=args.tag, limit=args.limit)
+    finally:
+        await store.close()
+    console = Console()
+    if not records:
+        console.print("no RLS bypass matches")
+        return
+    console.print(audit_table(records))
 
 
 async def _open_for_reading(args: argparse.Namespace) -> Store:

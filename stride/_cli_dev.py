@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from stride._cli_watch import RunLine, RunWatcher, Snapshot
 from stride._loader import load_app
 from stride.app import Stride
 from stride.errors import ConfigurationError
+from stride.integrations import STRICT_ENV
 from stride.stores.base import FINISHED_STATUSES, RunFilter, Store
 
 log = logging.getLogger("stride.dev")
@@ -53,6 +55,7 @@ class DevOptions:
 
 async def dev(args: argparse.Namespace) -> None:
     """Run APP's jobs (and its demo) with a view of the runs, until Ctrl-C or `--for`."""
+    os.environ.setdefault(STRICT_ENV, "1")  # RLS strict mode: unguarded job queries raise
     app = load_app(args.app)
     demo = find_demo(args.app) if args.demo else None
     if args.duration is not None and args.duration <= 0:

@@ -7,7 +7,7 @@ as `Text`, never as a markup string, so a message like "[red]" or "[/]" prints a
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stride import _codec
+from stride._audit import AuditRecord
 from stride._cli_watch import RunLine
 from stride.runs import Run, StepInfo
 from stride.stores.base import RUN_STATUSES, EventRow
@@ -117,7 +118,8 @@ def counts_text(counts: Mapping[str, int], *, capped: bool, label: str) -> Text:
 # -- one run in detail ---------------------------------------------------------
 
 
-def run_detail(run: Run, event: EventRow | None, *, tracebacks: bool = False) -> Group:
+def run_detail(run: Run, event: EventRow | None, *, tracebacks: bool = False,
+               audit: Sequence[AuditRecord] = ()) -> Group:
     """Everything `stride run ID` shows: header, event, outcome, steps and their errors."""
     parts: list[RenderableType] = [_header(run, event)]
     if run.status == "completed":
@@ -129,7 +131,26 @@ def run_detail(run: Run, event: EventRow | None, *, tracebacks: bool = False) ->
     parts.append(steps_table(run.steps))
     if tracebacks:
         parts += _step_tracebacks(run.steps)
+    if audit:
+        parts += [Text("RLS bypasses", style="bold"), audit_table(audit, run_columns=False)]
     return Group(*parts)
+
+
+def audit_table(records: Sequence[AuditRecord], *, run_columns: bool = True) -> Table:
+    """RLS bypasses: when, how long, tag, outcome, where (job, run, step), for whom."""
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    columns = ["started", "ms", "tag", "outcome", *(["job", "run"] if run_columns else []),
+               "step", "actor"]
+    for column in columns:
+        table.add_column(column, justify="right" if column == "ms" else "left")
+    for rec in records:
+        outcome = Text(rec.outcome, style="green" if rec.outcome == "ok" else "red")
+        if rec.error:
+            outcome.append(f" {rec.error}")
+        where = [rec.job_id or "-", rec.run_id or "-"] if run_columns else []
+        table.add_row(format_time(rec.started_at), str(rec.ended_at - rec.started_at), rec.tag,
+                      outcome, *where, rec.step_id or "-", rec.actor_json or "-")
+    return table
 
 
 def _header(run: Run, event: EventRow | None) -> Table:

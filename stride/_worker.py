@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stride import _codec
+from stride._audit import AuditRecorder
 from stride._cron import CronScheduler
 from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
 from stride._ids import new_id
@@ -81,6 +82,7 @@ class Worker:
         lease = options.lease_seconds
         self._heartbeat = Looper("heartbeat", lease / 3, self._beat)
         self._reclaimer = Looper("reclaimer", max(0.2, lease / 4), self._reclaim)
+        self._audit = AuditRecorder(store, app_id=app_id)
         self._cron = CronScheduler(app_id=app_id, jobs=jobs, store=store)
         self._cron_looper = Looper("cron", CRON_INTERVAL_SECONDS, self._fire_cron)
 
@@ -92,6 +94,7 @@ class Worker:
         await self._beat()
         self._heartbeat.start()
         self._reclaimer.start()
+        self._audit.start()
         if self._cron.has_work:
             self._cron_looper.start()
         self._claim_task = asyncio.create_task(self._claim_loop(), name="stride-claim")
@@ -117,6 +120,7 @@ class Worker:
         await self._heartbeat.stop()
         await self._reclaimer.stop()
         await self._cron_looper.stop()
+        await self._audit.stop()  # after the last run: writes the bypass records left
         self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.id)
 

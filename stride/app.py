@@ -15,7 +15,8 @@ from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
-from stride import _codec
+from stride import _audit, _codec
+from stride._audit import AuditRecord
 from stride._ids import new_id
 from stride._worker import Worker, WorkerOptions
 from stride.context import Context, SyncContext
@@ -44,6 +45,7 @@ from stride.jobs import (
     parse_duration,
 )
 from stride.runs import Run
+from stride.security import current_actor
 from stride.stores.base import (
     FINISHED_STATUSES,
     NewEvent,
@@ -114,6 +116,7 @@ class Stride:
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                 asyncio.Task[Store]] = weakref.WeakKeyDictionary()
         self._portal: _SyncPortal | None = None
+        _audit.register_app(self)  # bypasses outside a worker are written to this app's store
 
     # -- definitions -----------------------------------------------------------
 
@@ -288,11 +291,12 @@ class Stride:
     def _prepare(self, item: OutgoingEvent) -> tuple[NewEvent, list[NewRun]]:
         name = validate_event_name(item.name)
         data = self._validate_data(name, item.data)
-        if item.user is not None and not isinstance(item.user, Mapping):
+        actor = item.user if item.user is not None else current_actor()  # set_actor/middleware
+        if actor is not None and not isinstance(actor, Mapping):
             raise InvalidEventError(
                 f"event {name!r}: user must be a JSON object describing the actor, e.g. "
-                f"{{'id': 'u1'}}; got {type(item.user).__name__}")
-        user = dict(item.user) if item.user is not None else None
+                f"{{'id': 'u1'}}; got {type(actor).__name__}")
+        user = dict(actor) if actor is not None else None
         check_payload_size(name, data, user, self.max_payload_bytes)
         event_id = item.id if item.id is not None else new_id()
         if not isinstance(event_id, str) or not event_id or len(event_id) > 128:
@@ -396,6 +400,11 @@ class Stride:
         await store.create_runs([new_run])
         store.notify_local()
         return new_run.id
+
+    async def list_audit(self, *, run_id: str | None = None, tag: str | None = None,
+                         limit: int = 100) -> list[AuditRecord]:
+        """RLS bypass records (`with_rls_bypass`), newest first."""
+        return await (await self.store()).list_audit(run_id=run_id, tag=tag, limit=limit)
 
     async def wait_for(self, run_id: str, *, timeout: float = 30.0) -> Run:
         """Wait until the run finished (completed, failed or cancelled) and return it."""

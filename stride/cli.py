@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Durable background jobs.")
     _add_common(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_worker, _add_dev, _add_send, _add_runs, _add_run, _add_migrate):
+    for add in (_add_worker, _add_dev, _add_send, _add_runs, _add_run, _add_audit,
+                _add_migrate):
         sub = add(commands)
         _add_common(sub, top=False)
     return parser
@@ -105,6 +106,17 @@ def _add_send(commands: Any) -> argparse.ArgumentParser:
     _add_database_options(send)
     send.set_defaults(handler=_cli_commands.send)
     return send
+
+
+def _add_audit(commands: Any) -> argparse.ArgumentParser:
+    audit: argparse.ArgumentParser = commands.add_parser(
+        "audit", help="list RLS bypasses, newest first: tag, job, run, step, outcome")
+    audit.add_argument("--run", metavar="ID", help="only this run's bypasses")
+    audit.add_argument("--tag", metavar="TAG", help="only bypasses with this tag")
+    audit.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _add_database_options(audit)
+    audit.set_defaults(handler=_cli_commands.audit)
+    return audit
 
 
 def _add_runs(commands: Any) -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from stride._current import current_step
 from stride.events import Event
+from stride.security import ActorScope, with_actor
 from stride.step import Step, SyncStep
 
 DataT = TypeVar("DataT")
@@ -44,6 +45,16 @@ class BaseContext(Generic[DataT]):
     attempt: int
     """Zero-based: how many attempts of the current step (or handler) failed before this one."""
     logger: RunLogger
+
+    def as_actor(self) -> ActorScope:
+        """Act as the user who dispatched the event: database work in the block runs under
+        their row-level security policies (`with` or `async with`). Raises
+        `MissingSecurityContext` if the event has no user.
+
+        Example:
+            async with ctx.as_actor(), AsyncSession(engine) as session: ...
+        """
+        return with_actor(self.event.user)
 
 
 @dataclass(slots=True)

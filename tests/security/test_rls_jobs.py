@@ -149,8 +149,6 @@ async def test_the_workers_bypass_records_reach_the_store(
     await jobs.aclose()
 
 
-@pytest.mark.xfail(reason="needs the lead's line in Stride._prepare: "
-                          "`user = item.user or current_actor()`", strict=False)
 async def test_dispatch_in_a_request_carries_the_actor(sqlite_url: str) -> None:
     jobs = Stride(app_id="rls-dispatch", database_url=sqlite_url)
     with set_actor({"id": "u7"}):
