@@ -72,6 +72,20 @@ def ensure_postgres() -> None:
               "Start it, or set STRIDE_TEST_POSTGRES_URL to another server.", file=sys.stderr)
 
 
+def ensure_chromium() -> None:
+    """Debian's Chromium for the dashboard's browser tests (Playwright drives it headless)."""
+    if Path("/usr/bin/chromium").exists():
+        return
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        print("installing Debian's chromium for the browser tests ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not Path("/usr/bin/chromium").exists():
+        print("chromium is not installed: the browser tests will be skipped "
+              "(apt-get install chromium)", file=sys.stderr)
+
+
 def demo() -> None:
     ensure_environment()
     print("Stride demo: the example app on SQLite (.stride/stride.db). Ctrl-C to stop.")
@@ -81,6 +95,7 @@ def demo() -> None:
 def test() -> None:
     ensure_environment()
     ensure_postgres()
+    ensure_chromium()
     run([str(BIN / "ruff"), "check", "stride", "tests", "examples", "bench", "tasks.py"])
     run([str(BIN / "mypy"), "--strict", "stride", "examples"])
     run([_python(), "-m", "pytest", "-n", TEST_WORKERS, "-q", "-p", "no:cacheprovider",

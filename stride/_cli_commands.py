@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -153,6 +154,22 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         await store.close()
     Console().print(run_detail(found, event, tracebacks=args.tracebacks, audit=bypasses))
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """`stride serve`: the HTTP API and dashboard until SIGINT/SIGTERM."""
+    from stride.server import serve as serve_http_app
+
+    app = load_app(args.app)
+    event_keys = args.event_key or _keys_from_env("STRIDE_EVENT_KEYS")
+    api_keys = args.api_key or _keys_from_env("STRIDE_API_KEYS")
+    await serve_http_app(app, host=args.host, port=args.port, dev=args.dev,
+                         event_keys=event_keys, api_keys=api_keys,
+                         worker=True if args.worker else None)
+
+
+def _keys_from_env(name: str) -> list[str]:
+    return [key.strip() for key in os.environ.get(name, "").split(",") if key.strip()]
 
 
 async def audit(args: argparse.Namespace) -> None:

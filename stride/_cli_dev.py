@@ -15,6 +15,7 @@ import importlib
 import inspect
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ LINE_WINDOW = 100
 would go unreported, far beyond what a dev session produces."""
 
 Demo = Callable[[Stride], Awaitable[None]]
+DEV_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8288
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class DevOptions:
     grace: float
     live: bool
     duration: float | None
+    port: int | None = DEFAULT_HTTP_PORT
 
 
 async def dev(args: argparse.Namespace) -> None:
@@ -61,7 +65,8 @@ async def dev(args: argparse.Namespace) -> None:
     if args.duration is not None and args.duration <= 0:
         raise ConfigurationError(f"--for must be a positive number of seconds, "
                                  f"got {args.duration}")
-    options = DevOptions(args.concurrency, args.grace, not args.no_live, args.duration)
+    options = DevOptions(args.concurrency, args.grace, not args.no_live, args.duration,
+                         None if args.no_http else args.port)
     try:
         store = await open_app_store(app)
         await _serve(app, store, demo, options)
@@ -90,16 +95,44 @@ async def _serve(app: Stride, store: Store, demo: Demo | None, options: DevOptio
     started = time.monotonic()
     async with app.worker(concurrency=options.concurrency, grace=options.grace):
         demo_task = _start_demo(demo, app)
+        http = _start_http(app, options.port, stop)
         try:
             if options.live:
                 await _live_view(watcher, stop, _banner(app, options, demo is not None))
             else:
                 await _line_view(watcher, stop)
         finally:
+            stop.set()
             await _cancel(demo_task)
+            if http is not None:
+                await http
     final = await watcher.snapshot()
     label = f"stride dev ran {time.monotonic() - started:.1f} s; all runs"
     Console().print(counts_text(final.counts, capped=final.capped, label=label))
+
+
+def _start_http(app: Stride, port: int | None, stop: asyncio.Event) -> asyncio.Task[None] | None:
+    """The HTTP API and dashboard on 127.0.0.1:port, beside the worker (dev mode)."""
+    if port is None:
+        return None
+    if not _port_is_free(DEV_HOST, port):
+        log.warning("port %d is in use: no dashboard this time (use --port N, or --no-http)",
+                    port)
+        return None
+    from stride.server import serve_http
+
+    log.info("dashboard and API on http://%s:%d/", DEV_HOST, port)
+    return asyncio.create_task(serve_http(app, stop=stop, host=DEV_HOST, port=port, dev=True),
+                               name="stride-dev-http")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _start_demo(demo: Demo | None, app: Stride) -> asyncio.Task[None] | None:

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Durable background jobs.")
     _add_common(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_worker, _add_dev, _add_send, _add_runs, _add_run, _add_audit,
+    for add in (_add_worker, _add_dev, _add_serve, _add_send, _add_runs, _add_run, _add_audit,
                 _add_migrate):
         sub = add(commands)
         _add_common(sub, top=False)
@@ -85,8 +85,28 @@ def _add_dev(commands: Any) -> argparse.ArgumentParser:
                      help="print one line per run change instead of a live table")
     dev.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
                      help="stop after this many seconds")
+    dev.add_argument("--port", type=int, default=_cli_dev.DEFAULT_HTTP_PORT,
+                     help="dashboard and HTTP API on 127.0.0.1:PORT (default 8288)")
+    dev.add_argument("--no-http", action="store_true", help="no dashboard or HTTP API")
     dev.set_defaults(handler=_cli_dev.dev)
     return dev
+
+
+def _add_serve(commands: Any) -> argparse.ArgumentParser:
+    serve: argparse.ArgumentParser = commands.add_parser(
+        "serve", help="HTTP API, event ingestion and dashboard (workers elsewhere)",
+        description="Serve the HTTP API and dashboard for APP. Needs event and API keys "
+                    "(--event-key/--api-key or STRIDE_EVENT_KEYS/STRIDE_API_KEYS, "
+                    "comma-separated) unless --dev.")
+    serve.add_argument("app", metavar="APP", help=APP_HELP)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=_cli_dev.DEFAULT_HTTP_PORT)
+    serve.add_argument("--event-key", action="append", default=[], metavar="KEY")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY")
+    serve.add_argument("--dev", action="store_true", help="no keys; binds 127.0.0.1 only")
+    serve.add_argument("--worker", action="store_true", help="also run an in-process worker")
+    serve.set_defaults(handler=_cli_commands.serve)
+    return serve
 
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:

@@ -193,7 +193,7 @@ def test_runs_filters_by_job_status_and_age(sqlite_url: str) -> None:
 
 def test_dev_demo_runs_the_example_and_reports_runs_as_lines(sqlite_url: str,
                                                             tmp_path: Path) -> None:
-    result = stride(sqlite_url, "dev", EXAMPLE, "--demo", "--no-live", "--for", "8",
+    result = stride(sqlite_url, "dev", EXAMPLE, "--no-http", "--demo", "--no-live", "--for", "8",
                     "--log-format", "json", STRIDE_EXAMPLE_OUTPUT=str(tmp_path / "out"))
 
     assert result.returncode == 0, result.stderr
@@ -212,7 +212,7 @@ def test_dev_demo_runs_the_example_and_reports_runs_as_lines(sqlite_url: str,
 def test_dev_live_view_draws_the_runs_table(sqlite_url: str, tmp_path: Path) -> None:
     stride(sqlite_url, "send", "test/three-steps", "--app", APP)
 
-    result = stride(sqlite_url, "dev", APP, "--for", "2")
+    result = stride(sqlite_url, "dev", APP, "--no-http", "--for", "2")
 
     assert result.returncode == 0, result.stderr
     assert "stride dev" in result.stdout
@@ -221,7 +221,8 @@ def test_dev_live_view_draws_the_runs_table(sqlite_url: str, tmp_path: Path) -> 
 
 
 def test_dev_stops_cleanly_on_ctrl_c(sqlite_url: str) -> None:
-    dev = subprocess.Popen([sys.executable, "-m", "stride", "dev", APP, "--no-live"], cwd=ROOT,
+    dev = subprocess.Popen([sys.executable, "-m", "stride", "dev", APP, "--no-http", "--no-live"],
+                           cwd=ROOT,
                            env=command_env(sqlite_url), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     assert dev.stderr is not None
@@ -238,7 +239,7 @@ def test_dev_stops_cleanly_on_ctrl_c(sqlite_url: str) -> None:
 
 
 def test_dev_demo_needs_a_demo_coroutine_in_the_app_module(sqlite_url: str) -> None:
-    result = stride(sqlite_url, "dev", APP, "--demo", "--for", "1")
+    result = stride(sqlite_url, "dev", APP, "--no-http", "--demo", "--for", "1")
 
     assert_one_line_error(result, "--demo needs", "async def demo(jobs: Stride)",
                           "tests.integration.apps_cli.flaky_steps")
