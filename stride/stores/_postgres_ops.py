@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from stride.errors import LeaseLost
 from stride.stores.base import Lease, NewEvent, NewRun, PublishResult, RunStatus, StepRecord
 
@@ -39,12 +41,10 @@ class PublishOp:
             for event, runs in batch:
                 events.setdefault(event.id, (event, runs))
         ordered = [events[key] for key in sorted(events)]
-        runs = [run for _, event_runs in ordered for run in event_runs]
-        return (now, [e.id for e, _ in ordered], [e.name for e, _ in ordered],
-                [e.data_json for e, _ in ordered], [e.user_json for e, _ in ordered],
-                [e.ts for e, _ in ordered], now, [r.id for r in runs], [r.app_id for r in runs],
-                [r.job_id for r in runs], [r.event_id for r in runs],
-                [r.available_at for r in runs])
+        return (now, _json([(e.id, e.name, e.data_json, e.user_json, e.ts)
+                            for e, _ in ordered]),
+                now, _json([(r.id, r.app_id, r.job_id, r.event_id, r.available_at)
+                            for _, runs in ordered for r in runs]))
 
     def results(self, items: Sequence[PublishItem],
                 rows: list[tuple[Any, ...]]) -> list[PublishResult]:
@@ -79,14 +79,10 @@ class CheckpointOp:
     name: str = "checkpoint"
 
     def params(self, items: Sequence[CheckpointItem], now: int) -> Sequence[Any]:
-        steps = [step for _, step in items]
-        run_ids = [lease.run_id for lease, _ in items]
-        return (run_ids, [lease.token for lease, _ in items], [s.step_id for s in steps],
-                [s.position for s in steps], [s.kind for s in steps], [s.status for s in steps],
-                [s.output_json for s in steps], [s.error_json for s in steps],
-                [s.attempts for s in steps], [s.errors_json for s in steps],
-                [s.started_at for s in steps], [s.ended_at for s in steps],
-                [s.wake_at for s in steps], run_ids)
+        return (_json([(lease.run_id, lease.token, s.step_id, s.position, s.kind, s.status,
+                        s.output_json, s.error_json, s.attempts, s.errors_json, s.started_at,
+                        s.ended_at, s.wake_at) for lease, s in items]),
+                [lease.run_id for lease, _ in items])
 
     def results(self, items: Sequence[CheckpointItem],
                 rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
@@ -113,9 +109,9 @@ class FinishOp:
     name: str = "finish"
 
     def params(self, items: Sequence[FinishItem], now: int) -> Sequence[Any]:
-        return (now, [i[0].run_id for i in items], [i[0].token for i in items],
-                [i[1] for i in items], [i[2] for i in items], [i[3] for i in items],
-                [i[4] for i in items], self.channel, sorted(self.limited_jobs))
+        return (now, _json([(lease.run_id, lease.token, status, output, error, errors)
+                            for lease, status, output, error, errors in items]),
+                self.channel, sorted(self.limited_jobs))
 
     def results(self, items: Sequence[FinishItem],
                 rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
@@ -136,9 +132,8 @@ class RescheduleOp:
     name: str = "reschedule"
 
     def params(self, items: Sequence[RescheduleItem], now: int) -> Sequence[Any]:
-        return ([i[0].run_id for i in items], [i[0].token for i in items],
-                [i[2] for i in items], [i[1] for i in items], [i[3] for i in items],
-                [i[4] for i in items])
+        return (_json([(lease.run_id, lease.token, status, at, attempt, errors)
+                       for lease, at, status, attempt, errors in items]),)
 
     def results(self, items: Sequence[RescheduleItem],
                 rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
@@ -149,6 +144,11 @@ class RescheduleOp:
 
     def lease(self, item: RescheduleItem) -> Lease | None:
         return item[0]
+
+
+def _json(rows: list[tuple[Any, ...]]) -> str:
+    """A batch as the JSON array of arrays that `_postgres_sql.rows` reads."""
+    return orjson.dumps(rows).decode()
 
 
 def _by_run_id(items: Sequence[tuple[Any, ...]],

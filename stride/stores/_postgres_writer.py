@@ -185,12 +185,20 @@ class GroupCommitWriter:
 
 async def transaction(conn: psycopg.AsyncConnection[Any],
                       statements: Sequence[tuple[str, Sequence[Any] | Mapping[str, Any]]],
-                      ) -> list[list[tuple[Any, ...]]]:
+                      *, durable: bool = True) -> list[list[tuple[Any, ...]]]:
     """Run `statements` in one transaction on an autocommit connection, sent as one pipeline
-    (BEGIN ... COMMIT in a single round trip); returns each statement's rows."""
+    (BEGIN ... COMMIT in a single round trip); returns each statement's rows.
+
+    `durable=False` commits without waiting for the WAL flush. Only for writes that a crash
+    may lose without harm: lease changes (a lost claim or heartbeat just means the lease
+    is gone, and every write that matters checks the lease) and requeues (redone by
+    reclaim). WAL is sequential, so any later durable commit makes them durable too.
+    """
     try:
         async with conn.pipeline() as pipeline:
             await conn.execute("BEGIN")
+            if not durable:
+                await conn.execute("SET LOCAL synchronous_commit TO off")
             cursors = [await conn.execute(sql, params) for sql, params in statements]
             await conn.execute("COMMIT")
             await pipeline.sync()

@@ -270,25 +270,23 @@ class PostgresStore:
 
     async def _claim_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
                         ) -> tuple[list[tuple[Any, ...]], dict[str, tuple[StepRecord, ...]]]:
+        statements: list[tuple[str, Any]] = []
         if params["limited"]:
             # the locks are taken by their own statement: the claim's snapshot must be taken
             # after they are held, so that it sees every run other claimers just leased
-            _, rows = await transaction(conn, [
-                (self.sql.lock_jobs, (self.schema, params["app"], params["limited"])),
-                (self.sql.claim_limited, params)])
+            statements.append(
+                (self.sql.lock_jobs, (self.schema, params["app"], params["limited"])))
+            statements.append((self.sql.claim_limited, params))
         else:
-            cur = await conn.execute(self.sql.claim_unlimited, params)
-            rows = await cur.fetchall()
-        resumed = [row[0] for row in rows if row[5]]
-        return rows, (await self._steps_of(conn, resumed) if resumed else {})
+            statements.append((self.sql.claim_unlimited, params))
+        statements.append((self.sql.claimed_steps, (params["token"],)))
+        *_, rows, step_rows = await transaction(conn, statements, durable=False)
+        return rows, _steps_by_run(step_rows)
 
     async def _steps_of(self, conn: psycopg.AsyncConnection[Any],
                         run_ids: list[str]) -> dict[str, tuple[StepRecord, ...]]:
         cur = await conn.execute(self.sql.steps_of, (run_ids,))
-        found: dict[str, list[StepRecord]] = {}
-        for run_id, *columns in await cur.fetchall():
-            found.setdefault(run_id, []).append(StepRecord(*columns))
-        return {run_id: tuple(steps) for run_id, steps in found.items()}
+        return _steps_by_run(await cur.fetchall())
 
     async def checkpoint(self, lease: Lease, step: StepRecord) -> None:
         await self._write(self._checkpoint_op, (lease, step), patience=self._write_patience)
@@ -311,7 +309,7 @@ class PostgresStore:
         params = (now, now, [lease.run_id for lease in leases], [lease.token for lease in leases])
 
         await self._with_conn(lambda conn: transaction(conn, [
-            (self.sql.release, params), (self.sql.notify, (self.schema,))]))
+            (self.sql.release, params), (self.sql.notify, (self.schema,))], durable=False))
 
     async def cancel_runs(self, run_ids: Sequence[str], *, error_json: str) -> list[str]:
         """Cancel the unfinished runs among `run_ids`; a running one loses its lease, so its
@@ -347,7 +345,7 @@ class PostgresStore:
             statements.append((self.sql.release, (now, now, [x.run_id for x in leases],
                                                    [x.token for x in leases])))
         async with self._require_pool().connection() as conn:
-            await transaction(conn, statements)
+            await transaction(conn, statements, durable=False)
 
     async def heartbeat(self, *, worker_id: str, app_id: str, lease_ms: int,
                         info_json: str) -> int:
@@ -356,19 +354,17 @@ class PostgresStore:
                   "expires": now + lease_ms}
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> int:
-            cur = await conn.execute(self.sql.heartbeat, params)
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
+            [rows] = await transaction(conn, [(self.sql.heartbeat, params)], durable=False)
+            return int(rows[0][0]) if rows else 0
 
         return await self._with_conn(run)
 
     async def reclaim_expired(self) -> list[str]:
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[str]:
-            cur = await conn.execute(self.sql.reclaim, {"now": _now_ms()})
-            ids = [row[0] for row in await cur.fetchall()]
-            if ids:
-                await conn.execute(self.sql.notify, (self.schema,))
-            return ids
+            [rows] = await transaction(
+                conn, [(self.sql.reclaim, {"now": _now_ms(), "channel": self.schema})],
+                durable=False)
+            return [row[0] for row in rows]
 
         ids = await self._with_conn(run)
         if ids:
@@ -623,6 +619,14 @@ def _rowcount_of(sql: str, params: Mapping[str, Any],
         return cur.rowcount
 
     return run
+
+
+def _steps_by_run(rows: list[tuple[Any, ...]]) -> dict[str, tuple[StepRecord, ...]]:
+    """Step rows `(run_id, *STEP_COLUMNS)`, ordered by run and position, grouped by run."""
+    found: dict[str, list[StepRecord]] = {}
+    for run_id, *columns in rows:
+        found.setdefault(run_id, []).append(StepRecord(*columns))
+    return {run_id: tuple(steps) for run_id, steps in found.items()}
 
 
 def _claimed(row: tuple[Any, ...], token: str,
