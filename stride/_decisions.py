@@ -38,9 +38,11 @@ class Rescheduled:
 
 @dataclass(frozen=True, slots=True)
 class Abandoned:
-    """The worker lost the run (lease lost, store unreachable); its lease will expire."""
+    """The worker stops working on the run: it lost it (cancelled, taken over), or the store
+    failed. With `release`, the run is still ours and is given back to be taken up again."""
 
     reason: str
+    release: bool = False
 
 
 Decision = Completed | Failed | Rescheduled | Abandoned

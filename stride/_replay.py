@@ -67,6 +67,7 @@ class Memo:
         self._by_id: dict[str, StepRecord] = {}
         self._by_position: dict[int, StepRecord] = {}
         self._counters: dict[str, int] = {}
+        self._used: set[str] = set()
         self._next_position = 0
         self._lock = threading.Lock()  # sync handlers may call steps from several threads
         for step in steps:
@@ -84,8 +85,12 @@ class Memo:
         check_step_id(user_id)
         with self._lock:
             count = self._counters.get(user_id, 0)
-            self._counters[user_id] = count + 1
             step_id = user_id if count == 0 else f"{user_id}:{count}"
+            while step_id in self._used:  # a user id like "fetch:1" took this counter value
+                count += 1
+                step_id = f"{user_id}:{count}"
+            self._counters[user_id] = count + 1
+            self._used.add(step_id)
             position = self._next_position
             self._next_position += 1
         found = self._by_position.get(position)

@@ -23,6 +23,7 @@ from stride import _codec
 from stride._audit import AuditRecorder
 from stride._cron import CronScheduler
 from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
+from stride._failures import describe_error
 from stride._ids import new_id
 from stride._looper import Looper
 from stride.errors import ConfigurationError, LeaseLost, StoreError
@@ -31,6 +32,10 @@ from stride.jobs import Job
 from stride.stores.base import ClaimedRun, Lease, Store
 
 log = logging.getLogger("stride.worker")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 DEFAULT_CONCURRENCY = 10
 DEFAULT_LEASE_SECONDS = 30.0
@@ -72,6 +77,7 @@ class Worker:
         self._logger = logger
         self._limits = {j.id: j.concurrency for j in jobs.values() if j.concurrency}
         self._active: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        self._unreleased: list[Lease] = []
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._draining = False
@@ -195,9 +201,14 @@ class Worker:
         job = self._jobs[claimed.job_id]
         run_id = claimed.lease.run_id
         log.debug("run %s of %s: running", run_id, job.id)
-        decision = await run_claimed(self._store, job, claimed, app_id=self.app_id,
-                                     threads=self._threads, logger=self._logger,
-                                     draining=lambda: self._draining)
+        try:
+            decision = await run_claimed(self._store, job, claimed, app_id=self.app_id,
+                                         threads=self._threads, logger=self._logger,
+                                         draining=lambda: self._draining)
+        except Exception as exc:  # an engine bug: never leave the run 'running' for ever
+            log.exception("run %s: the executor failed", run_id)
+            error = describe_error(exc, attempt=1, started_at=None, ended_at=_now_ms())
+            decision = Failed(_codec.dumps_str(error), _codec.dumps_str([error]))
         try:
             await self._apply(claimed.lease, decision)
         except LeaseLost as exc:
@@ -219,12 +230,27 @@ class Worker:
             case Rescheduled(available_at=at, status=status, attempt=attempt, errors_json=errs):
                 await self._store.reschedule(lease, available_at=at, status=status,
                                              attempt=attempt, errors_json=errs)
-            case Abandoned(reason=reason):
+            case Abandoned(reason=reason, release=release):
                 log.warning("run %s abandoned by this worker: %s", lease.run_id, reason)
+                if release:
+                    self._unreleased.append(lease)
+                    await self._release_abandoned()
 
     # -- loopers -------------------------------------------------------------
 
+    async def _release_abandoned(self) -> None:
+        """Give back runs abandoned after a store error, so they do not wait for their lease
+        (which this worker's own heartbeat would keep renewing). Retried every heartbeat."""
+        if not self._unreleased:
+            return
+        leases, self._unreleased = self._unreleased, []
+        try:
+            await self._store.release(leases)
+        except StoreError:
+            self._unreleased.extend(leases)
+
     async def _beat(self) -> None:
+        await self._release_abandoned()
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "concurrency": self.options.concurrency, "active": len(self._active),
                 "jobs": sorted(self._jobs)}

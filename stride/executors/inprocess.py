@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from stride import _codec
 from stride._current import RunScope, current_run
@@ -93,6 +93,7 @@ class RunExecution:
         self.loop = loop
         self.threads = threads
         self._lost: str | None = None
+        self._still_ours = False
         self.memo = Memo(claimed.steps)
         self._draining = draining
         self._in_flight = 0
@@ -105,8 +106,9 @@ class RunExecution:
         """Commit a step's outcome; if the run is no longer ours, stop the handler for good."""
         try:
             await self.store.checkpoint(self.claimed.lease, record)
-        except (LeaseLost, StoreError) as exc:
+        except StoreError as exc:
             self._lost = str(exc)
+            self._still_ours = not isinstance(exc, LeaseLost)  # a store blip: give it back
             raise RunLost(self._lost) from exc
         self.memo.record(record)
 
@@ -233,25 +235,28 @@ class RunExecution:
         except Suspend as suspend:
             await self._settle_parallel_steps()
             if self._lost is not None:
-                return Abandoned(self._lost)
+                return self._abandoned()
             return Rescheduled(suspend.available_at, suspend.status)
-        except RunLost as lost:
-            return Abandoned(str(lost))
+        except RunLost:
+            return self._abandoned()
         except LeaseLost as exc:
             return Abandoned(str(exc))
         except StoreError as exc:
-            return Abandoned(f"store error: {exc}")
+            return Abandoned(f"store error: {exc}", release=True)
         except Exception as exc:
             if self._lost is not None:  # the handler swallowed RunLost's cause; still lost
-                return Abandoned(self._lost)
+                return self._abandoned()
             return self._handler_failed(exc, started)
         if self._lost is not None:
-            return Abandoned(self._lost)
+            return self._abandoned()
         try:
             return Completed(_codec.dumps_str(
                 result, what=f"the output of job {self.job.id!r} (the handler's return value)"))
         except SerializationError as exc:
             return self._handler_failed(exc, started)
+
+    def _abandoned(self) -> Abandoned:
+        return Abandoned(self._lost or "run lost", release=self._still_ours)
 
     def _handler_failed(self, exc: Exception, started_at: int) -> Decision:
         attempt = self.claimed.attempt + 1
@@ -290,7 +295,13 @@ async def run_claimed(store: Store, job: Job[Any, Any], claimed: ClaimedRun, *, 
                       draining: Callable[[], bool]) -> Decision:
     """Execute one claimed run to its next decision (the worker applies it)."""
     execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining, threads)
-    ctx = build_context(execution, app_id, logger)
+    try:
+        ctx = build_context(execution, app_id, logger)
+    except ValidationError as exc:  # the event type's model changed since the event was sent
+        error = describe_error(exc, attempt=1, started_at=None, ended_at=_now_ms())
+        error["message"] = (f"the stored event no longer matches the job's event model: "
+                            f"{error['message']}")
+        return Failed(_codec.dumps_str(error), _codec.dumps_str([error]))
     token = current_run.set(RunScope(app_id, job.id, claimed.lease.run_id, claimed.event.id,
                                      ctx.event.user))
     try:

@@ -79,9 +79,6 @@ def lock_database_briefly(path: str, seconds: float) -> None:
     threading.Timer(seconds, release).start()
 
 
-@pytest.mark.xfail(reason="a checkpoint that fails on a transient store error abandons the run, "
-                          "but the worker's heartbeat renews every lease it owns, so the "
-                          "abandoned run stays 'running' until this worker stops", strict=True)
 async def test_a_run_abandoned_after_a_store_blip_is_taken_up_again(
         app: Stride, sqlite_url: str) -> None:
     path = sqlite_url.removeprefix("sqlite:///")

@@ -46,9 +46,6 @@ def test_a_repeated_id_gets_a_counter_per_id() -> None:
     assert ids == ["fetch", "fetch:1", "parse", "fetch:2", "parse:1"]
 
 
-@pytest.mark.xfail(reason="a user step id that looks like a counter ('fetch:1') collides with "
-                          "the counter of a repeated 'fetch': both calls resolve to one step id, "
-                          "so the later call gets the earlier step's recorded outcome", strict=True)
 def test_an_id_that_looks_like_a_counter_never_shares_a_step_with_another_call() -> None:
     memo = Memo()
     try:
