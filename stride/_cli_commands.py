@@ -54,7 +54,8 @@ async def worker(args: argparse.Namespace) -> None:
     stop_on_signals(stop)
     try:
         await open_app_store(app)
-        handle = app.worker(concurrency=args.concurrency, lease=args.lease, grace=args.grace)
+        handle = app.worker(concurrency=args.concurrency, lease=args.lease, grace=args.grace,
+                            retention=args.retention)
         await handle.run(stop)
     finally:
         await app.aclose()

@@ -43,6 +43,8 @@ DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_POLL_SECONDS = 0.25
 MAX_CLAIM_BATCH = 256
 CRON_INTERVAL_SECONDS = 0.5
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+PRUNE_INTERVAL_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class WorkerOptions:
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     poll_seconds: float = DEFAULT_POLL_SECONDS
     threads: int | None = None
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -91,6 +94,7 @@ class Worker:
         self._audit = AuditRecorder(store, app_id=app_id)
         self._cron = CronScheduler(app_id=app_id, jobs=jobs, store=store)
         self._cron_looper = Looper("cron", CRON_INTERVAL_SECONDS, self._fire_cron)
+        self._pruner = Looper("pruner", PRUNE_INTERVAL_SECONDS, self._prune)
 
     @property
     def active_runs(self) -> int:
@@ -101,6 +105,7 @@ class Worker:
         self._heartbeat.start()
         self._reclaimer.start()
         self._audit.start()
+        self._pruner.start()
         if self._cron.has_work:
             self._cron_looper.start()
         self._claim_task = asyncio.create_task(self._claim_loop(), name="stride-claim")
@@ -126,6 +131,7 @@ class Worker:
         await self._heartbeat.stop()
         await self._reclaimer.stop()
         await self._cron_looper.stop()
+        await self._pruner.stop()
         await self._audit.stop()  # after the last run: writes the bypass records left
         self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.id)
@@ -257,6 +263,13 @@ class Worker:
         await self._store.heartbeat(worker_id=self.id, app_id=self.app_id,
                                     lease_ms=int(self.options.lease_seconds * 1000),
                                     info_json=_codec.dumps_str(info))
+
+    async def _prune(self) -> None:
+        """Delete finished runs and old events past the retention, in small batches."""
+        deleted = await self._store.prune(
+            older_than_ms=int(self.options.retention_seconds * 1000), batch_size=500)
+        if deleted:
+            log.info("pruned %d finished runs and events older than the retention", deleted)
 
     async def _fire_cron(self) -> None:
         await self._cron.tick()

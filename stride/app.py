@@ -330,13 +330,17 @@ class Stride:
     # -- workers -----------------------------------------------------------------
 
     def worker(self, *, concurrency: int = 10, lease: float | timedelta | str = 30.0,
-               grace: float | timedelta | str = 10.0,
-               jobs: Sequence[str] | None = None) -> WorkerHandle:
-        """An in-process worker for an `async with` block (or `await handle.run()` forever)."""
+               grace: float | timedelta | str = 10.0, jobs: Sequence[str] | None = None,
+               retention: float | timedelta | str = "7d") -> WorkerHandle:
+        """An in-process worker for an `async with` block (or `await handle.run()` forever).
+
+        `retention`: finished runs and old events are pruned after this long.
+        """
         selected = self._select_jobs(jobs)
         options = WorkerOptions(concurrency=concurrency,
                                 lease_seconds=parse_duration(lease, what="lease"),
-                                grace_seconds=parse_duration(grace, what="grace"))
+                                grace_seconds=parse_duration(grace, what="grace"),
+                                retention_seconds=parse_duration(retention, what="retention"))
         return WorkerHandle(self, selected, options)
 
     def _select_jobs(self, job_ids: Sequence[str] | None) -> dict[str, Job[Any, Any]]:

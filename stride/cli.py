@@ -68,6 +68,8 @@ def _add_worker(commands: Any) -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=10, help="runs at a time")
     worker.add_argument("--lease", type=float, default=30.0, help="lease seconds")
     worker.add_argument("--grace", type=float, default=10.0, help="shutdown grace seconds")
+    worker.add_argument("--retention", default="7d",
+                        help="prune finished runs and old events after this long (default 7d)")
     worker.set_defaults(handler=_cli_commands.worker)
     return worker
 
