@@ -48,6 +48,8 @@ from stride.stores._postgres_ops import (
     PublishOp,
     RescheduleOp,
 )
+from stride.stores._postgres_orphans import Orphans
+from stride.stores._postgres_outbox import write_in
 from stride.stores._postgres_sql import RUN_COLUMNS, Statements
 from stride.stores._postgres_writer import GroupCommitWriter, OpKind, transaction
 from stride.stores.base import (
@@ -80,7 +82,6 @@ DEFAULT_POOL_MAX = 10
 DEFAULT_POOL_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_WRITE_PATIENCE = 30.0
-_ORPHAN_RETRY_SECONDS = 1.0
 
 
 def _now_ms() -> int:
@@ -125,7 +126,7 @@ class PostgresStore:
         self._limited_jobs: set[str] = set()
         self._finish_op = FinishOp(self.sql.finish, self.schema, self._limited_jobs)
         self._reschedule_op = RescheduleOp(self.sql.reschedule)
-        self._orphans = _Orphans(self._hand_back)
+        self._orphans = Orphans(self._hand_back)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -229,21 +230,10 @@ class PostgresStore:
 
     async def _publish_in(self, conn: Any, batch: PublishItem) -> PublishResult:
         """Write in the caller's open transaction; do not commit (it commits or rolls back)."""
-        conn = getattr(conn, "driver_connection", conn)  # a SQLAlchemy adapted connection
         op = self._publish_op
-        params = op.params([batch], _now_ms())
         try:
-            if isinstance(conn, psycopg.AsyncConnection):
-                rows = await _publish_async(conn, op.sql, params, self.sql.notify, self.schema)
-            elif isinstance(conn, psycopg.Connection):
-                rows = await asyncio.to_thread(_publish_sync, conn, op.sql, params,
-                                               self.sql.notify, self.schema)
-            else:
-                raise ConfigurationError(
-                    f"dispatch(conn=...) needs a psycopg 3 connection (psycopg.AsyncConnection "
-                    f"or psycopg.Connection) in an open transaction, got {type(conn).__name__}; "
-                    "with SQLAlchemy pass (await session.connection()).get_raw_connection()"
-                    ".driver_connection")
+            rows = await write_in(conn, op.sql, op.params([batch], _now_ms()), self.sql.notify,
+                                  self.schema)
         except psycopg.Error as exc:
             raise translate(self.target, exc) from exc
         return op.results([batch], rows)[0]
@@ -336,7 +326,7 @@ class PostgresStore:
         self._changed.set()
 
     async def _hand_back(self, claims: list[str], leases: list[Lease]) -> None:
-        """Requeue the runs of lost claims and of abandoned leases (see `_Orphans`)."""
+        """Requeue the runs of lost claims and of abandoned leases (see `Orphans`)."""
         now = _now_ms()
         statements: list[tuple[str, Sequence[Any]]] = [(self.sql.notify, (self.schema,))]
         if claims:
@@ -542,74 +532,6 @@ _AUDIT_FIELDS = ("id", "tag", "app_id", "job_id", "run_id", "step_id", "attempt"
                  "started_at", "ended_at", "outcome", "error")
 _AUDIT_COLUMNS = ("id, tag, app_id, job_id, run_id, step_id, attempt, actor, started_at, "
                   "ended_at, outcome, error")
-
-
-class _Orphans:
-    """Leases this process may hold without knowing it, handed back once the server is back.
-
-    A claim whose reply was lost in an outage may have committed; a checkpoint or finish
-    that gave up leaves its run to "resume after the lease expires". But the worker's
-    heartbeat extends every lease it owns, so such runs would never expire while it lives.
-    Handing them back by lease token (a no-op if the lease moved on) avoids that.
-    """
-
-    def __init__(self, hand_back: Callable[[list[str], list[Lease]], Awaitable[None]]) -> None:
-        self._hand_back = hand_back
-        self._claims: set[str] = set()
-        self._leases: set[Lease] = set()
-        self._task: asyncio.Task[None] | None = None
-
-    def add_claim(self, token: str) -> None:
-        self._claims.add(token)
-        self._kick()
-
-    def add_leases(self, leases: list[Lease]) -> None:
-        self._leases.update(leases)
-        if leases:
-            self._kick()
-
-    def _kick(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="stride-pg-orphans")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        try:
-            while self._claims or self._leases:
-                claims, leases = list(self._claims), list(self._leases)
-                try:
-                    await self._hand_back(claims, leases)
-                except Exception as exc:
-                    log.debug("could not hand back orphaned leases yet: %s", exc)
-                    await asyncio.sleep(_ORPHAN_RETRY_SECONDS)
-                    continue
-                self._claims.difference_update(claims)
-                self._leases.difference_update(leases)
-        finally:
-            self._task = None
-
-
-async def _publish_async(conn: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any],
-                         notify: str, channel: str) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    await cur.execute(sql, params)
-    rows = await cur.fetchall()
-    await cur.execute(notify, (channel,))
-    return rows
-
-
-def _publish_sync(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any],
-                  notify: str, channel: str) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    cur.execute(sql, params)
-    rows = cur.fetchall()
-    cur.execute(notify, (channel,))
-    return rows
 
 
 def _rowcount_of(sql: str, params: Mapping[str, Any],
