@@ -104,12 +104,6 @@ class Statements:
         self.steps_of = (
             f"SELECT run_id, {STEP_COLUMNS} FROM {s}.steps WHERE run_id = ANY(%s::text[]) "
             "ORDER BY run_id, position")
-        # the steps of the runs a claim just leased (only resumed runs have any); runs of
-        # one lease token are all running, so the small running-runs index finds them
-        self.claimed_steps = (
-            f"SELECT s.run_id, {', '.join('s.' + c for c in STEP_COLUMNS.split(', '))} "
-            f"FROM {s}.runs r JOIN {s}.steps s ON s.run_id = r.id "
-            "WHERE r.status = 'running' AND r.lease_token = %s ORDER BY s.run_id, s.position")
         self.get_run = f"SELECT {RUN_COLUMNS} FROM {s}.runs WHERE id = %s"
         self.list_runs = f"SELECT {RUN_COLUMNS} FROM {s}.runs {{where}} ORDER BY id DESC LIMIT %s"
         self.get_event = f'SELECT id, name, data, "user", ts FROM {s}.events WHERE id = %s'
@@ -169,7 +163,9 @@ def _checkpoint(s: str) -> str:
 
 def _claim(s: str, *, limited: bool) -> str:
     # One statement: pick due runs in rank order (SKIP LOCKED, so concurrent claimers take
-    # different runs), lease them, and return them with their events. Jobs with a
+    # different runs), lease them, and return them with their events (and memo). Its commit
+    # does not wait for the WAL flush (set_config ... local): a claim lost in a crash only
+    # loses the lease, which every later write checks. Jobs with a
     # concurrency limit each get their own pick, capped by their free capacity, so a job at
     # its limit cannot crowd the others out of the batch (no starvation). The caller holds
     # the advisory locks of those jobs, so the running counts cannot change under it.
@@ -194,6 +190,16 @@ def _claim(s: str, *, limited: bool) -> str:
         "started_at = coalesce(r.started_at, %(now)s) FROM picked WHERE r.id = picked.id "
         "RETURNING r.id, r.job_id, r.event_id, r.attempt, r.errors, r.created_at, "
         "picked.rank, picked.started_at IS NOT NULL AS resumed) "
-        "SELECT l.id, l.job_id, l.attempt, l.errors, l.created_at, l.resumed, "
+        "SELECT l.id, l.job_id, l.attempt, l.errors, l.created_at, "
+        f"CASE WHEN l.resumed THEN {_memo_json(s)} END, "
         f'e.id, e.name, e.data, e."user", e.ts FROM leased l JOIN {s}.events e '
-        "ON e.id = l.event_id ORDER BY l.rank")
+        "ON e.id = l.event_id CROSS JOIN (SELECT set_config('synchronous_commit', 'off', "
+        "true)) AS lease_only ORDER BY l.rank")
+
+
+def _memo_json(s: str) -> str:
+    # A resumed run comes back with its steps (JSON text, one array per step in
+    # STEP_COLUMNS order, by position), so a claim is one statement and one round trip.
+    columns = ", ".join(f"m.{column}" for column in STEP_COLUMNS.split(", "))
+    return (f"(SELECT json_agg(json_build_array({columns}) ORDER BY m.position)::text "
+            f"FROM {s}.steps m WHERE m.run_id = l.id)")

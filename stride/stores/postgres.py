@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 import psycopg_pool
 
@@ -251,27 +252,24 @@ class PostgresStore:
                   "jobs": [job for job in job_ids if job not in concurrency],
                   "limited": limited, "caps": [concurrency[job] for job in limited]}
         try:
-            rows, steps = await self._with_conn(
-                lambda conn: self._claim_on(conn, params), retry=False)
+            rows = await self._with_conn(lambda conn: self._claim_on(conn, params),
+                                         retry=False)
         except StoreUnavailable:
             self._orphans.add_claim(token)  # it may have committed before the line dropped
             raise
-        return [_claimed(row, token, steps) for row in rows]
+        return [_claimed(row, token) for row in rows]
 
-    async def _claim_on(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any],
-                        ) -> tuple[list[tuple[Any, ...]], dict[str, tuple[StepRecord, ...]]]:
-        statements: list[tuple[str, Any]] = []
-        if params["limited"]:
-            # the locks are taken by their own statement: the claim's snapshot must be taken
-            # after they are held, so that it sees every run other claimers just leased
-            statements.append(
-                (self.sql.lock_jobs, (self.schema, params["app"], params["limited"])))
-            statements.append((self.sql.claim_limited, params))
-        else:
-            statements.append((self.sql.claim_unlimited, params))
-        statements.append((self.sql.claimed_steps, (params["token"],)))
-        *_, rows, step_rows = await transaction(conn, statements, durable=False)
-        return rows, _steps_by_run(step_rows)
+    async def _claim_on(self, conn: psycopg.AsyncConnection[Any],
+                        params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if not params["limited"]:
+            cur = await conn.execute(self.sql.claim_unlimited, params)
+            return await cur.fetchall()
+        # the locks are taken by their own statement: the claim's snapshot must be taken
+        # after they are held, so that it sees every run other claimers just leased
+        _, rows = await transaction(conn, [
+            (self.sql.lock_jobs, (self.schema, params["app"], params["limited"])),
+            (self.sql.claim_limited, params)], durable=False)
+        return rows
 
     async def _steps_of(self, conn: psycopg.AsyncConnection[Any],
                         run_ids: list[str]) -> dict[str, tuple[StepRecord, ...]]:
@@ -551,12 +549,11 @@ def _steps_by_run(rows: list[tuple[Any, ...]]) -> dict[str, tuple[StepRecord, ..
     return {run_id: tuple(steps) for run_id, steps in found.items()}
 
 
-def _claimed(row: tuple[Any, ...], token: str,
-             steps: dict[str, tuple[StepRecord, ...]]) -> ClaimedRun:
-    run_id, job_id, attempt, errors, created_at, _resumed, *event = row
+def _claimed(row: tuple[Any, ...], token: str) -> ClaimedRun:
+    run_id, job_id, attempt, errors, created_at, memo, *event = row
+    steps = tuple(StepRecord(*step) for step in orjson.loads(memo)) if memo else ()
     return ClaimedRun(lease=Lease(run_id, token), job_id=job_id, event=EventRow(*event),
-                      attempt=attempt, errors_json=errors, steps=steps.get(run_id, ()),
-                      created_at=created_at)
+                      attempt=attempt, errors_json=errors, steps=steps, created_at=created_at)
 
 
 def _run_filter_sql(query: RunFilter) -> tuple[str, list[Any]]:
