@@ -194,6 +194,9 @@ async def transaction(conn: psycopg.AsyncConnection[Any],
     is gone, and every write that matters checks the lease) and requeues (redone by
     reclaim). WAL is sequential, so any later durable commit makes them durable too.
     """
+    if len(statements) == 1 and durable:  # one statement is its own transaction
+        cur = await conn.execute(*statements[0])
+        return [await cur.fetchall() if cur.description is not None else []]
     try:
         async with conn.pipeline() as pipeline:
             await conn.execute("BEGIN")
