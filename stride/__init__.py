@@ -26,7 +26,17 @@ from stride.errors import (
     WaitTimeout,
 )
 from stride.events import Event, EventType, OutgoingEvent
-from stride.jobs import Backoff, CronTrigger, EventTrigger, Job, JobConfig, cron, on_event
+from stride.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from stride.jobs import (
+    Backoff,
+    CronTrigger,
+    EventTrigger,
+    Job,
+    JobConfig,
+    Timeouts,
+    cron,
+    on_event,
+)
 from stride.runs import Run, StepInfo
 from stride.security import (
     MissingSecurityContext,
@@ -44,9 +54,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditRecord",
     "Backoff",
+    "Batch",
+    "Concurrency",
     "ConfigurationError",
     "Context",
     "CronTrigger",
+    "Debounce",
     "DuplicateJobError",
     "Event",
     "EventTrigger",
@@ -60,11 +73,14 @@ __all__ = [
     "NonDeterminismError",
     "NonRetriableError",
     "OutgoingEvent",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "Run",
     "RunNotFound",
     "SecurityContext",
     "SerializationError",
+    "Singleton",
     "Step",
     "StepError",
     "StepInfo",
@@ -75,6 +91,8 @@ __all__ = [
     "StrideError",
     "SyncContext",
     "SyncStep",
+    "Throttle",
+    "Timeouts",
     "WaitTimeout",
     "WorkerHandle",
     "cron",

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
 from stride import _audit, _codec
 from stride._audit import AuditRecord
@@ -35,11 +36,12 @@ from stride.events import (
     validate_event_name,
 )
 from stride.jobs import (
-    DEFAULT_RETRIES,
     Backoff,
+    CronTrigger,
     EventTrigger,
     Job,
     JobConfig,
+    JobOptions,
     TriggerSpec,
     build_job,
     parse_duration,
@@ -139,15 +141,12 @@ class Stride:
 
     @overload
     def define_job(self, *, id: str, trigger: EventType[M] | Sequence[EventType[M]],
-                   name: str | None = None, retries: int = DEFAULT_RETRIES,
-                   concurrency: int | None = None,
-                   backoff: Backoff | None = None) -> JobDecorator[M]: ...
+                   **options: Unpack[JobOptions]) -> JobDecorator[M]: ...
 
     @overload
-    def define_job(self, *, id: str, trigger: str | EventTrigger | Sequence[TriggerSpec],
-                   name: str | None = None, retries: int = DEFAULT_RETRIES,
-                   concurrency: int | None = None,
-                   backoff: Backoff | None = None) -> JobDecorator[dict[str, Any]]: ...
+    def define_job(self, *, id: str, trigger: str | EventTrigger | CronTrigger
+                   | Sequence[TriggerSpec],
+                   **options: Unpack[JobOptions]) -> JobDecorator[dict[str, Any]]: ...
 
     @overload
     def define_job(self, config: JobConfig, trigger: EventType[M],
@@ -158,12 +157,17 @@ class Stride:
                    handler: Callable[[SyncContext[M]], R]) -> Job[M, R]: ...
 
     @overload
-    def define_job(self, config: JobConfig, trigger: str | EventTrigger | Sequence[TriggerSpec],
+    def define_job(self, config: JobConfig, trigger: str | EventTrigger | CronTrigger
+                   | Sequence[TriggerSpec],
                    handler: Callable[..., Any]) -> Job[dict[str, Any], Any]: ...
 
     def define_job(self, config: JobConfig | None = None, trigger: Any = None,
-                   handler: Callable[..., Any] | None = None, **options: Any) -> Any:
+                   handler: Callable[..., Any] | None = None, *, id: str | None = None,
+                   **options: Any) -> Any:
         """Register a job: as a decorator with keyword options, or as `(config, trigger, handler)`.
+
+        Options: name, retries, concurrency, backoff, cancel_on, timeouts, on_failure,
+        throttle, rate_limit, debounce, priority, batch_events, idempotency, singleton.
 
         Example:
             @jobs.define_job(id="process-context-file", retries=3, concurrency=5,
@@ -173,21 +177,18 @@ class Stride:
         if config is not None:
             if handler is None or trigger is None:
                 raise ConfigurationError("define_job(config, trigger, handler) needs all three")
-            return self._register(handler, trigger=trigger, id=config.id, name=config.name,
-                                  retries=config.retries, concurrency=config.concurrency,
-                                  backoff=config.backoff)
-        trigger = options.pop("trigger", trigger)
-        if "id" not in options or trigger is None:
+            return self._register(handler, trigger=trigger, id=config.id, **config.options())
+        if id is None or trigger is None:
             raise ConfigurationError("define_job needs id=... and trigger=...")
-        return JobDecorator(lambda fn: self._register(fn, trigger=trigger, **options))
+        job_id = id
+        return JobDecorator(lambda fn: self._register(fn, trigger=trigger, id=job_id, **options))
 
     def _register(self, handler: Callable[..., Any], *, trigger: Any, id: str,
-                  name: str | None = None, retries: int = DEFAULT_RETRIES,
-                  concurrency: int | None = None, backoff: Backoff | None = None) -> Job[Any, Any]:
+                  **options: Unpack[JobOptions]) -> Job[Any, Any]:
         if id in self._jobs:
             raise DuplicateJobError(f"job id {id!r} is defined twice in app {self.app_id!r}")
-        job = build_job(id=id, name=name, handler=handler, trigger=trigger, retries=retries,
-                        concurrency=concurrency, backoff=backoff, default_backoff=self.backoff)
+        job = build_job(id=id, handler=handler, trigger=trigger, default_backoff=self.backoff,
+                        **options)
         for event_type in job.event_types.values():
             self._event_types.setdefault(event_type.name, event_type)
         self._jobs[id] = job

@@ -7,20 +7,32 @@ so a bad option fails at import time with the job id in the message, not at firs
 from __future__ import annotations
 
 import inspect
-import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
+from typing_extensions import Unpack
 
+from stride._durations import parse_duration as parse_duration
 from stride.errors import ConfigurationError
 from stride.events import EventType, validate_event_name
 from stride.expressions import Expression, compile_expression
+from stride.flow import (
+    Batch,
+    Concurrency,
+    Debounce,
+    FlowControl,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    normalise_concurrency,
+)
 
 DataT = TypeVar("DataT")
 ResultT = TypeVar("ResultT")
@@ -28,32 +40,6 @@ ResultT = TypeVar("ResultT")
 DEFAULT_RETRIES = 3
 MAX_RETRIES = 100
 _JOB_ID = re.compile(r"^[a-z0-9][a-z0-9._\-]{0,127}$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: float | int | timedelta | str, *, what: str = "duration") -> float:
-    """Seconds from a number of seconds, a `timedelta`, or a string like "2h30m" or "500ms"."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip():
-        text = value.strip().lower()
-        parts = _DURATION_PART.findall(text)
-        if "".join(n + u for n, u in parts) != text:
-            raise ConfigurationError(
-                f"{what} {value!r} is not a duration; use seconds, a timedelta or e.g. '2h30m', "
-                "'500ms', '1d' (units ms s m h d w)"
-            )
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    else:
-        raise ConfigurationError(f"{what} {value!r} is not a duration")
-    if not math.isfinite(seconds):
-        raise ConfigurationError(f"{what} must be a finite duration, got {value!r}")
-    if seconds < 0:
-        raise ConfigurationError(f"{what} must not be negative, got {value!r}")
-    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,25 +72,63 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class EventTrigger:
-    """Start a run for each event with this name (and, with `if_`, matching a CEL filter)."""
+    """Start a run for each event with this name (and, with `if_`, matching a CEL filter).
+
+    In `cancel_on`, `match="data.user_id"` means: the cancelling event's `data.user_id`
+    equals the run's triggering event's.
+    """
 
     event: str
     if_: str | None = None
     condition: Expression | None = field(default=None, compare=False, repr=False)
+    match: str | None = None
 
     def matches(self, event: Mapping[str, Any]) -> bool:
         return self.condition is None or self.condition.is_true(event=event)
 
 
-def on_event(event: str | EventType[Any], *, if_: str | None = None) -> EventTrigger:
-    """A trigger on an event name with an optional CEL filter over `event`.
+def on_event(event: str | EventType[Any], *, if_: str | None = None,
+             match: str | None = None) -> EventTrigger:
+    """A trigger (or a `cancel_on` condition) on an event name with an optional CEL filter.
 
     Example:
         @jobs.define_job(id="scan", trigger=on_event("context/file.uploaded",
                                                      if_="event.data.size > 0"))
     """
     name = event.name if isinstance(event, EventType) else validate_event_name(event)
-    return EventTrigger(name, if_)
+    if match is not None:
+        check_match_path(match)
+    return EventTrigger(name, if_, None, match)
+
+
+def check_match_path(path: str) -> str:
+    """A `match=` path: `data.field` or `data.a.b` (compared for equality, indexed)."""
+    if not isinstance(path, str) or not re.fullmatch(r"(data|user)(\.[A-Za-z_][\w]*)+", path):
+        raise ConfigurationError(
+            f"match {path!r} must be a dotted path into the event such as 'data.user_id'")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Cancel a run not started within `start` of its event, or not finished within `finish`.
+
+    Example:
+        timeouts=Timeouts(start="10m", finish="1h")
+    """
+
+    start: float | timedelta | str | None = None
+    finish: float | timedelta | str | None = None
+
+    @property
+    def start_ms(self) -> int | None:
+        return None if self.start is None else int(
+            parse_duration(self.start, what="Timeouts start") * 1000)
+
+    @property
+    def finish_ms(self) -> int | None:
+        return None if self.finish is None else int(
+            parse_duration(self.finish, what="Timeouts finish") * 1000)
 
 
 MissedTicks = Literal["skip", "run_once"]
@@ -154,6 +178,28 @@ Trigger = EventTrigger | CronTrigger
 TriggerSpec = EventType[Any] | str | EventTrigger | CronTrigger
 
 
+ConcurrencySpec = int | Concurrency | list[Concurrency] | tuple[Concurrency, ...] | None
+
+
+class JobOptions(TypedDict, total=False):
+    """The keyword options of `define_job` besides `id` and `trigger`."""
+
+    name: str | None
+    retries: int
+    concurrency: ConcurrencySpec
+    backoff: Backoff | None
+    cancel_on: Sequence[EventTrigger] | None
+    timeouts: Timeouts | None
+    on_failure: Callable[..., Any] | None
+    throttle: Throttle | None
+    rate_limit: RateLimit | None
+    debounce: Debounce | None
+    priority: Priority | None
+    batch_events: Batch | None
+    idempotency: str | None
+    singleton: Singleton | None
+
+
 @dataclass(frozen=True, slots=True)
 class JobConfig:
     """The options of a job, for the call form `jobs.define_job(config, trigger, handler)`."""
@@ -161,8 +207,26 @@ class JobConfig:
     id: str
     name: str | None = None
     retries: int = DEFAULT_RETRIES
-    concurrency: int | None = None
+    concurrency: ConcurrencySpec = None
     backoff: Backoff | None = None
+    cancel_on: Sequence[EventTrigger] | None = None
+    timeouts: Timeouts | None = None
+    on_failure: Callable[..., Any] | None = None
+    throttle: Throttle | None = None
+    rate_limit: RateLimit | None = None
+    debounce: Debounce | None = None
+    priority: Priority | None = None
+    batch_events: Batch | None = None
+    idempotency: str | None = None
+    singleton: Singleton | None = None
+
+    def options(self) -> JobOptions:
+        return JobOptions(
+            name=self.name, retries=self.retries, concurrency=self.concurrency,
+            backoff=self.backoff, cancel_on=self.cancel_on, timeouts=self.timeouts,
+            on_failure=self.on_failure, throttle=self.throttle, rate_limit=self.rate_limit,
+            debounce=self.debounce, priority=self.priority, batch_events=self.batch_events,
+            idempotency=self.idempotency, singleton=self.singleton)
 
 
 @dataclass(slots=True)
@@ -174,14 +238,22 @@ class Job(Generic[DataT, ResultT]):
     handler: Callable[..., Any]
     triggers: tuple[Trigger, ...]
     retries: int
-    concurrency: int | None
     backoff: Backoff
     is_async: bool
     event_types: dict[str, EventType[Any]] = field(default_factory=dict)
+    flow: FlowControl = field(default_factory=FlowControl)
+    cancel_on: tuple[EventTrigger, ...] = ()
+    timeouts: Timeouts | None = None
+    on_failure: Callable[..., Any] | None = None
 
     @property
     def max_attempts(self) -> int:
         return self.retries + 1
+
+    @property
+    def concurrency(self) -> int | None:
+        """The job-wide concurrency limit, if any (keyed limits are in `flow`)."""
+        return self.flow.simple_limit
 
     def describe(self) -> dict[str, Any]:
         """The JSON form shown by the CLI and stored for dashboards."""
@@ -199,26 +271,49 @@ def _describe_trigger(trigger: Trigger) -> dict[str, Any]:
 
 
 def build_job(
-    *, id: str, name: str | None, handler: Callable[..., Any],
-    trigger: TriggerSpec | Sequence[TriggerSpec], retries: int, concurrency: int | None,
-    backoff: Backoff | None, default_backoff: Backoff,
+    *, id: str, handler: Callable[..., Any], trigger: TriggerSpec | Sequence[TriggerSpec],
+    default_backoff: Backoff, **options: Unpack[JobOptions],
 ) -> Job[Any, Any]:
     """Validate every option and return the job, or raise `ConfigurationError`."""
     _check_job_id(id)
+    retries = options.get("retries", DEFAULT_RETRIES)
     if not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
         raise ConfigurationError(f"job {id!r}: retries must be 0..{MAX_RETRIES}, got {retries!r}")
-    if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
-        raise ConfigurationError(
-            f"job {id!r}: concurrency must be a positive int or None, got {concurrency!r}"
-        )
     if not callable(handler):
         raise ConfigurationError(f"job {id!r}: handler {handler!r} is not callable")
     triggers, event_types = _normalise_triggers(id, trigger)
     return Job(
-        id=id, name=name or id, handler=handler, triggers=triggers, retries=retries,
-        concurrency=concurrency, backoff=backoff or default_backoff,
+        id=id, name=options.get("name") or id, handler=handler, triggers=triggers,
+        retries=retries, backoff=options.get("backoff") or default_backoff,
         is_async=inspect.iscoroutinefunction(handler), event_types=event_types,
+        flow=_flow_control(id, options), cancel_on=_cancel_on(id, options.get("cancel_on")),
+        timeouts=options.get("timeouts"), on_failure=options.get("on_failure"),
     )
+
+
+def _flow_control(job_id: str, options: JobOptions) -> FlowControl:
+    idempotency = options.get("idempotency")
+    return FlowControl(
+        concurrency=normalise_concurrency(job_id, options.get("concurrency")),
+        throttle=options.get("throttle"), rate_limit=options.get("rate_limit"),
+        debounce=options.get("debounce"), priority=options.get("priority"),
+        batch_events=options.get("batch_events"),
+        idempotency=(compile_expression(idempotency, owner=f"job {job_id!r} idempotency")
+                     if idempotency is not None else None),
+        singleton=options.get("singleton"))
+
+
+def _cancel_on(job_id: str, cancel_on: Sequence[EventTrigger] | None
+               ) -> tuple[EventTrigger, ...]:
+    if cancel_on is None:
+        return ()
+    if not all(isinstance(item, EventTrigger) for item in cancel_on):
+        raise ConfigurationError(
+            f"job {job_id!r}: cancel_on takes a list of on_event(...), got {cancel_on!r}")
+    return tuple(
+        EventTrigger(item.event, item.if_, compile_expression(
+            item.if_, owner=f"job {job_id!r} cancel_on") if item.if_ else None, item.match)
+        for item in cancel_on)
 
 
 def _check_job_id(job_id: object) -> None:
