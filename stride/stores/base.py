@@ -230,16 +230,6 @@ class Store(Protocol):
         """
         ...
 
-    async def prune(self, *, older_than_ms: int, batch_size: int = 1000) -> int:
-        """Delete runs that finished more than `older_than_ms` ago (with their steps), then
-        events received before that cutoff that no remaining run references, in batches of
-        `batch_size`, each its own short transaction. Returns how many runs and events went.
-
-        Event ids are remembered for dedupe until pruned: keep `older_than_ms` at least as
-        long as the app's dedupe window.
-        """
-        ...
-
     async def wait_for_change(self, timeout: float) -> None:
         """Return when the store may have new work (a commit elsewhere) or after `timeout`."""
         ...

@@ -335,6 +335,24 @@ class SqliteStore:
         await self._writer.run(op)
         self._changed.set()
 
+    async def prune(self, *, older_than_ms: int, batch_size: int = 1000) -> int:
+        """Delete finished runs (and steps) older than the cutoff, then unreferenced events.
+
+        One short write transaction per batch, so workers are never held up for long.
+        """
+        if older_than_ms < 0 or batch_size < 1:
+            raise ConfigurationError("prune needs older_than_ms >= 0 and batch_size >= 1")
+        cutoff = _now_ms() - older_than_ms
+        deleted = 0
+        for step in (_prune_runs, _prune_events):
+            while True:
+                count: int = await self._writer.run(
+                    lambda conn, step=step: step(conn, cutoff, batch_size))  # type: ignore[misc]
+                deleted += count
+                if count < batch_size:
+                    break
+        return deleted
+
     # -- the audit trail of RLS bypasses ---------------------------------------
 
     async def record_audit(self, records: Sequence[AuditRecord]) -> None:
@@ -463,10 +481,10 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
     duplicates: list[str] = []
     fresh: list[tuple[Any, ...]] = []
     runs: list[tuple[Any, ...]] = []
+    stored = _stored_event_ids(conn, [event.id for event, _ in batch])
     for event, event_runs in batch:
         row = (event.id, event.name, event.data_json, event.user_json, event.ts, now)
-        seen = event.id in accepted_ids or conn.execute(
-            "SELECT 1 FROM events WHERE id = ?", (event.id,)).fetchone() is not None
+        seen = event.id in accepted_ids or event.id in stored
         if seen:
             duplicates.append(event.id)
             continue
@@ -484,6 +502,16 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
     return PublishResult(tuple(accepted), tuple(duplicates), len(runs))
 
 
+def _stored_event_ids(conn: sqlite3.Connection, event_ids: list[str]) -> set[str]:
+    """Which of `event_ids` are already stored: one query per 500 ids, not one per event."""
+    stored: set[str] = set()
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start:start + 500]
+        stored.update(row[0] for row in conn.execute(
+            f"SELECT id FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+    return stored
+
+
 def _claim(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[str],
            limit: int, lease_ms: int, concurrency: dict[str, int]) -> list[ClaimedRun]:
     now = _now_ms()
@@ -497,9 +525,11 @@ def _claim(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[
     while len(picked) < limit and eligible:
         want = limit - len(picked)
         marks = ",".join("?" * len(eligible))
+        # INDEXED BY: given the choice, the planner takes runs_job_status and sorts every
+        # queued run to return the first few (11 ms with 10,000 queued, against 0.3 ms)
         rows = conn.execute(
-            f"SELECT id, job_id, started_at FROM runs WHERE {_CLAIMABLE} AND available_at <= ? "
-            f"AND app_id = ? AND job_id IN ({marks}) ORDER BY rank LIMIT ?",
+            f"SELECT id, job_id, started_at FROM runs INDEXED BY runs_due WHERE {_CLAIMABLE} "
+            f"AND available_at <= ? AND app_id = ? AND job_id IN ({marks}) ORDER BY rank LIMIT ?",
             (now, app_id, *eligible, want)).fetchall()
         taken, skipped = _take_within_capacity(rows, capacity)
         _lease_runs(conn, taken, worker_id, token, now, lease_ms)
@@ -576,6 +606,23 @@ def _load_steps(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, tuple
                 "ORDER BY run_id, position", chunk):
             found.setdefault(run_id, []).append(StepRecord(*columns))
     return {run_id: tuple(steps) for run_id, steps in found.items()}
+
+
+def _prune_runs(conn: sqlite3.Connection, cutoff: int, batch_size: int) -> int:
+    ids = [(row[0],) for row in conn.execute(
+        "SELECT id FROM runs WHERE ended_at < ? AND status IN ('completed', 'failed', "
+        "'cancelled') ORDER BY ended_at LIMIT ?", (cutoff, batch_size))]
+    conn.executemany("DELETE FROM steps WHERE run_id = ?", ids)
+    conn.executemany("DELETE FROM runs WHERE id = ?", ids)
+    return len(ids)
+
+
+def _prune_events(conn: sqlite3.Connection, cutoff: int, batch_size: int) -> int:
+    cur = conn.execute(
+        "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_at < ? "
+        "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id) "
+        "ORDER BY e.received_at LIMIT ?)", (cutoff, batch_size))
+    return cur.rowcount
 
 
 def _checkpoint(conn: sqlite3.Connection, lease: Lease, step: StepRecord) -> object:

@@ -6,14 +6,11 @@ import asyncio
 
 from stride.stores.base import RunFilter, StepRecord, Store
 
-from . import sqlite_prune
 from .conftest import claim, enqueue, event
 
 
 async def prune(store: Store, *, older_than_ms: int, batch_size: int = 1000) -> int:
-    if hasattr(store, "prune"):
-        return await store.prune(older_than_ms=older_than_ms, batch_size=batch_size)
-    return await sqlite_prune.prune(store, older_than_ms=older_than_ms, batch_size=batch_size)
+    return await store.prune(older_than_ms=older_than_ms, batch_size=batch_size)
 
 
 async def finish_all(store: Store, count: int) -> list[str]:
