@@ -33,6 +33,7 @@ class PublishOp:
     publishes of overlapping ids lock them in the same order and cannot deadlock."""
 
     sql: str
+    channel: str
     name: str = "publish"
 
     def params(self, items: Sequence[PublishItem], now: int) -> Sequence[Any]:
@@ -44,7 +45,7 @@ class PublishOp:
         return (now, _json([(e.id, e.name, e.data_json, e.user_json, e.ts)
                             for e, _ in ordered]),
                 now, _json([(r.id, r.app_id, r.job_id, r.event_id, r.available_at)
-                            for _, runs in ordered for r in runs]))
+                            for _, runs in ordered for r in runs]), self.channel)
 
     def results(self, items: Sequence[PublishItem],
                 rows: list[tuple[Any, ...]]) -> list[PublishResult]:
@@ -65,7 +66,7 @@ class PublishOp:
         return results
 
     def wakes(self, items: Sequence[PublishItem], now: int) -> bool:
-        return True
+        return False  # the statement notifies by itself
 
     def lease(self, item: PublishItem) -> Lease | None:
         return None

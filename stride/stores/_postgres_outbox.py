@@ -16,9 +16,8 @@ import psycopg
 from stride.errors import ConfigurationError
 
 
-async def write_in(conn: Any, sql: str, params: Sequence[Any], notify: str,
-                   channel: str) -> list[tuple[Any, ...]]:
-    """Run the publish statement and NOTIFY on the caller's connection; returns its rows.
+async def write_in(conn: Any, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run the publish statement (it notifies too) on the caller's connection; its rows.
 
     Accepts a psycopg `AsyncConnection`, a sync `Connection` (run in a thread: the caller
     waits for us, so nothing else uses it meanwhile), or a wrapper with `driver_connection`
@@ -27,28 +26,21 @@ async def write_in(conn: Any, sql: str, params: Sequence[Any], notify: str,
     """
     conn = getattr(conn, "driver_connection", conn)
     if isinstance(conn, psycopg.AsyncConnection):
-        return await _write_async(conn, sql, params, notify, channel)
+        return await _write_async(conn, sql, params)
     if isinstance(conn, psycopg.Connection):
-        return await asyncio.to_thread(_write_sync, conn, sql, params, notify, channel)
+        return await asyncio.to_thread(_write_sync, conn, sql, params)
     raise ConfigurationError(
         "dispatch(conn=...) needs a psycopg 3 connection (psycopg.AsyncConnection or "
         f"psycopg.Connection) in an open transaction, got {type(conn).__name__}; with "
         "SQLAlchemy pass (await session.connection()).get_raw_connection()")
 
 
-async def _write_async(conn: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any],
-                       notify: str, channel: str) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    await cur.execute(sql, params)
-    rows = await cur.fetchall()
-    await cur.execute(notify, (channel,))
-    return rows
+async def _write_async(conn: psycopg.AsyncConnection[Any], sql: str,
+                       params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(sql, params)
+    return await cur.fetchall()
 
 
-def _write_sync(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any],
-                notify: str, channel: str) -> list[tuple[Any, ...]]:
-    cur = conn.cursor()
-    cur.execute(sql, params)
-    rows = cur.fetchall()
-    cur.execute(notify, (channel,))
-    return rows
+def _write_sync(conn: psycopg.Connection[Any], sql: str,
+                params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, params).fetchall()

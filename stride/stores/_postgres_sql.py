@@ -123,6 +123,8 @@ class Statements:
 def _publish(s: str) -> str:
     # Events that already exist are skipped (ON CONFLICT DO NOTHING) and only the runs of
     # the events this statement inserted are created: dedupe and insert in one round trip.
+    # It notifies the workers itself (at commit: NOTIFY is transactional), so it is one
+    # statement also on the application's connection (transactional dispatch).
     events = rows("id text", "name text", "data text", "usr text", "ts bigint")
     runs = rows("id text", "app_id text", "job_id text", "event_id text", "at bigint")
     return (
@@ -132,8 +134,9 @@ def _publish(s: str) -> str:
         f"created AS (INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, "
         "available_at, rank, created_at) SELECT r.id, r.app_id, r.job_id, r.event_id, "
         f"'queued', r.at, r.at, %s FROM {runs} AS r "
-        "WHERE r.event_id IN (SELECT id FROM fresh) RETURNING 1) "
-        "SELECT id FROM fresh")
+        "WHERE r.event_id IN (SELECT id FROM fresh) RETURNING 1), "
+        "woken AS (SELECT pg_notify(%s, '') FROM fresh LIMIT 1) "
+        "SELECT id, (SELECT count(*) FROM woken) FROM fresh")
 
 
 def _checkpoint(s: str) -> str:

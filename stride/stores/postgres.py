@@ -122,7 +122,7 @@ class PostgresStore:
         self._writer: GroupCommitWriter | None = None
         self._listener = Listener(self.target, self.schema, self._changed.set,
                                   connect_timeout=connect_timeout)
-        self._publish_op = PublishOp(self.sql.publish)
+        self._publish_op = PublishOp(self.sql.publish, self.schema)
         self._checkpoint_op = CheckpointOp(self.sql.checkpoint)
         self._limited_jobs: set[str] = set()
         self._finish_op = FinishOp(self.sql.finish, self.schema, self._limited_jobs)
@@ -233,8 +233,7 @@ class PostgresStore:
         """Write in the caller's open transaction; do not commit (it commits or rolls back)."""
         op = self._publish_op
         try:
-            rows = await write_in(conn, op.sql, op.params([batch], _now_ms()), self.sql.notify,
-                                  self.schema)
+            rows = await write_in(conn, op.sql, op.params([batch], _now_ms()))
         except psycopg.Error as exc:
             raise translate(self.target, exc) from exc
         return op.results([batch], rows)[0]
