@@ -29,17 +29,21 @@ DATABASE_URL_ENV = "STRIDE_DATABASE_URL"
 STOP_POLL_SECONDS = 0.05
 
 
-def serve(url: str, concurrency: int, stop: Event, stats: Queue[dict[str, float]]) -> None:
+def serve(url: str, concurrency: int, stop: Event, stats: Queue[dict[str, float]],
+          gc_freeze: bool = False) -> None:
     """A worker process's main: run a worker until `stop` is set, then report its writes."""
     os.environ[DATABASE_URL_ENV] = url
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(concurrency, stop, stats))
+    asyncio.run(_serve(concurrency, stop, stats, gc_freeze))
 
 
-async def _serve(concurrency: int, stop: Event, stats: Queue[dict[str, float]]) -> None:
+async def _serve(concurrency: int, stop: Event, stats: Queue[dict[str, float]],
+                 gc_freeze: bool) -> None:
     from bench.apps import jobs
 
     async with jobs.worker(concurrency=concurrency):
+        if gc_freeze:  # what `stride worker` could do once the app is loaded: see the report
+            gc.freeze()
         with _GcClock() as gc_clock:
             started = _cpu_seconds()
             while not stop.is_set():  # noqa: ASYNC110 (a process-shared Event has no async wait)
@@ -81,8 +85,10 @@ class _GcClock:
 class WorkerPool:
     """`count` worker processes with `concurrency` slots each, on the store at `url`."""
 
-    def __init__(self, url: str, count: int, concurrency: int, *, cli: bool = False) -> None:
+    def __init__(self, url: str, count: int, concurrency: int, *, cli: bool = False,
+                 gc_freeze: bool = False) -> None:
         self.url, self.count, self.concurrency, self.cli = url, count, concurrency, cli
+        self.gc_freeze = gc_freeze
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
         self._stats: Queue[dict[str, float]] = context.Queue()
@@ -105,7 +111,7 @@ class WorkerPool:
 
     def _spawn(self) -> Any:
         process = self._context.Process(target=serve, name="stride-bench-worker", args=(
-            self.url, self.concurrency, self._stop, self._stats))
+            self.url, self.concurrency, self._stop, self._stats, self.gc_freeze))
         process.start()
         return process
 

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--cli", action="store_true",
                         help="run `python -m stride worker` processes (no write counters)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() in each worker once started (not with --cli)")
     parser.add_argument("--profile", metavar="DIR",
                         help="record each worker with py-spy into DIR (collapsed stacks)")
     return parser
@@ -111,12 +113,12 @@ def _report_writes(probe: Probe, target: Target, stats: list[dict[str, float]],
         print(f"worker CPU: {cpu_ms / 1000:.2f} s user+sys in all workers = "
               f"{cpu_ms * 1000 / events:.0f} µs per job (less noisy than wall time), "
               f"of which garbage collection {gc_ms / max(cpu_ms, 1):.0%}")
-    if stats and target.store == "sqlite":
+    if stats and "transactions" in stats[0]:
         tx = sum(s["transactions"] for s in stats)
         changed = sum(s["rows_changed"] for s in stats)
         ops = sum(s["ops"] for s in stats)
-        waits = sum(s["lock_retries"] for s in stats)
-        waited = sum(s["lock_wait_seconds"] for s in stats)
+        waits = sum(s.get("lock_retries", 0) for s in stats)
+        waited = sum(s.get("lock_wait_seconds", 0) for s in stats)
         print(f"writes (workers only, sqlite3 total_changes and commits of each writer "
               f"connection): {changed / events:.2f} rows changed/job, {ops / events:.2f} "
               f"write ops/job, {tx} transactions = {events / max(tx, 1):.1f} jobs/transaction")
@@ -158,7 +160,8 @@ def run(args: argparse.Namespace, target: Target) -> None:
     print(_raw.describe(raw))
     asyncio.run(_migrate(target))
     probe = Probe(target)
-    pool = WorkerPool(target.url, args.workers, args.concurrency, cli=args.cli)
+    pool = WorkerPool(target.url, args.workers, args.concurrency, cli=args.cli,
+                      gc_freeze=args.gc_freeze)
     try:
         pool.start(probe)
         profilers = _start_profilers(pool, args.profile) if args.profile else []
@@ -179,7 +182,7 @@ def main() -> int:
     args = _parser().parse_args()
     print(f"stride throughput: store={args.store} events={args.events} steps={args.steps} "
           f"workers={args.workers} concurrency={args.concurrency}"
-          f"{' (CLI workers)' if args.cli else ''}")
+          f"{' (CLI workers)' if args.cli else ''}{' gc.freeze()' if args.gc_freeze else ''}")
     try:
         target = make_target(args.store, args.postgres_url)
     except Skip as exc:

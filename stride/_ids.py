@@ -6,11 +6,13 @@ Ids made in one process are strictly increasing, even within one millisecond, so
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = tuple(high + low for high in _ALPHABET for low in _ALPHABET)  # 10 bits -> 2 digits
 _RANDOM_MASK = (1 << 80) - 1
 _lock = threading.Lock()
 _last_ms = 0
@@ -18,11 +20,18 @@ _last_random = 0
 
 
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """The low `length` Crockford base32 digits of `value`, most significant first.
+
+    Two digits per lookup: a loop over single digits made id generation the largest cost
+    of dispatching a big batch (20,000 ids for 10,000 events).
+    """
+    text = "".join([_PAIRS[(value >> shift) & 1023] for shift in _shifts((length + 1) // 2)])
+    return text[len(text) - length:]
+
+
+@functools.cache
+def _shifts(pairs: int) -> tuple[int, ...]:
+    return tuple(range(10 * (pairs - 1), -1, -10))
 
 
 def new_id(prefix: str = "") -> str:
