@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -207,3 +208,40 @@ async def test_anything_but_a_psycopg_connection_is_refused_clearly(postgres_url
     async with jobs:
         with pytest.raises(ConfigurationError, match="psycopg 3 connection"):
             await jobs.dispatch("user/signed.up", {"email": "g@x"}, conn=object())
+
+
+# -- the concurrency-limit lock ---------------------------------------------------------------
+
+
+async def test_only_claims_of_a_limited_job_wait_for_its_advisory_lock(postgres_url: str) -> None:
+    from stride._ids import new_id
+    from stride.stores.base import NewEvent, NewRun
+
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        now = int(time.time() * 1000)
+        batch = []
+        for job in ("limited", "free"):
+            event = NewEvent(new_id(), "test/e", "{}", None, now)
+            batch.append((event, [NewRun(new_id(), "app", job, event.id, now)]))
+        await store.publish(batch, dedupe_ms=0)
+        async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as holder:
+            # another process is in the middle of claiming "limited"
+            await holder.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))",
+                                 (store.schema, "app/limited"))
+
+            free = await asyncio.wait_for(store.claim(
+                worker_id="w", app_id="app", job_ids=["free"], limit=5, lease_ms=10_000,
+                concurrency={}), timeout=2)
+            blocked = asyncio.create_task(store.claim(
+                worker_id="w", app_id="app", job_ids=["limited"], limit=5, lease_ms=10_000,
+                concurrency={"limited": 1}))
+            await asyncio.sleep(0.3)
+            assert [c.job_id for c in free] == ["free"]
+            assert not blocked.done()  # waits for the other claimer's transaction
+            await holder.rollback()
+
+        assert [c.job_id for c in await asyncio.wait_for(blocked, 2)] == ["limited"]
+    finally:
+        await store.close()
