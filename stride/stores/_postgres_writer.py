@@ -139,7 +139,8 @@ class GroupCommitWriter:
     async def _isolate(self, batch: list[_Op], exc: Exception) -> None:
         """One op broke the shared transaction: rerun each alone so only it fails."""
         if len(batch) == 1:
-            _settle(batch[0], translate(self._target, exc))
+            driver_error = isinstance(exc, psycopg.Error)
+            _settle(batch[0], translate(self._target, exc) if driver_error else exc)
             return
         log.debug("group commit of %d ops failed (%s); rerunning them one by one",
                   len(batch), exc)

@@ -194,7 +194,7 @@ class PostgresStore:
             try:
                 async with pool.connection() as conn:
                     return await fn(conn)
-            except Exception as exc:
+            except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
                 if attempt == 1 and retry and is_unavailable(exc) and \
                         not isinstance(exc, psycopg_pool.PoolTimeout):
                     continue
