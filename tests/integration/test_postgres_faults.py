@@ -1,14 +1,13 @@
 """PostgreSQL under faults: a worker killed mid-step, the server restarting, no server at all.
 
-These spawn `stride worker` processes (tests/integration/apps_pg/jobs.py) and, for the
-restart, restart the local PostgreSQL cluster that every test shares: the outage is a fast
-restart of a second or two, and the server is started again whatever the test's outcome.
+These spawn `stride worker` processes (tests/integration/apps_pg/jobs.py). The restart tests
+restart a private server of their own (tests/integration/apps_pg/cluster.py), never the
+shared one, which the tests running in parallel are using.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +18,11 @@ from stride import Stride
 from stride.errors import StoreUnavailable
 from stride.stores.base import RunFilter
 from tests.conftest import eventually
+from tests.integration.apps_pg.cluster import PrivateServer, private_server
 from tests.integration.apps_pg.jobs import make_app
 from tests.integration.apps_pg.processes import start_worker, started, stop_workers
 
 pytestmark = pytest.mark.slow
-
-CLUSTER = ("15", "main")
-
 
 async def test_a_run_whose_worker_is_killed_mid_step_is_finished_by_another_worker(
         postgres_url: str, tmp_path: Path) -> None:
@@ -62,26 +59,19 @@ async def _started(log: Path, step: str) -> bool:
 # -- the server restarts while a thousand runs are in flight -------------------------------
 
 
-def _cluster(action: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *CLUSTER, action,
-                           *(["-m", "fast"] if action in {"restart", "stop"} else [])],
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture
-def restartable_server() -> Iterator[None]:
-    """Whatever happens in the test, the shared server is running again afterwards."""
-    yield
-    if _cluster("status").returncode != 0:
-        _cluster("start")
+def server() -> Iterator[PrivateServer]:
+    """A PostgreSQL server of this test's own, which it may restart."""
+    with private_server() as private:
+        yield private
 
 
 @pytest.mark.timeout(400)
 async def test_every_run_completes_exactly_once_across_a_server_restart(
-        postgres_url: str, tmp_path: Path, restartable_server: None) -> None:
+        server: PrivateServer, tmp_path: Path) -> None:
     log = tmp_path / "steps.log"
-    workers = [start_worker(postgres_url, log, concurrency=20, lease=5) for _ in range(2)]
-    jobs = make_app(postgres_url)
+    workers = [start_worker(server.url, log, concurrency=20, lease=5) for _ in range(2)]
+    jobs = make_app(server.url)
     total = 1000
     try:
         async with jobs:
@@ -92,8 +82,7 @@ async def test_every_run_completes_exactly_once_across_a_server_restart(
             await eventually(lambda: _completed_at_least(jobs, 40), timeout=60,
                              what="the first runs to complete")
 
-            restart = _cluster("restart")
-            assert restart.returncode == 0, restart.stderr
+            server.restart()
 
             await eventually(lambda: _completed_at_least(jobs, total), timeout=180,
                              interval=0.5, what=f"all {total} runs to complete")
@@ -134,9 +123,8 @@ async def test_dispatch_to_an_unreachable_server_fails_fast_with_one_clear_line(
     assert "check that the server is running" in message
 
 
-async def test_a_worker_keeps_going_when_the_server_blinks(
-        postgres_url: str, restartable_server: None) -> None:
-    jobs = make_app(postgres_url)
+async def test_a_worker_keeps_going_when_the_server_blinks(server: PrivateServer) -> None:
+    jobs = make_app(server.url)
     outputs: list[int] = []
 
     @jobs.define_job(id="echo", trigger="pg/echo")
@@ -148,7 +136,7 @@ async def test_a_worker_keeps_going_when_the_server_blinks(
     async with jobs, jobs.worker(concurrency=4, lease=3):
         await jobs.dispatch("pg/echo", {"n": 1})
         await eventually(lambda: _has(outputs, 1), timeout=10, what="the first run")
-        assert _cluster("restart").returncode == 0
+        server.restart()
         sent = await _dispatch_when_up(jobs, {"n": 2})
         assert sent
         await eventually(lambda: _has(outputs, 2), timeout=30, what="a run after the restart")
