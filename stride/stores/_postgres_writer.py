@@ -59,6 +59,17 @@ class OpKind(Protocol):
 
 
 @dataclass(slots=True)
+class WriteStats:
+    """What the writer committed so far (same fields as the SQLite writer's counters), so
+    benchmarks and metrics can report ops per transaction: the group commit at work."""
+
+    transactions: int = 0
+    ops: int = 0
+    rows_changed: int = 0
+    retries: int = 0
+
+
+@dataclass(slots=True)
 class _Op:
     kind: OpKind
     item: Any
@@ -88,6 +99,7 @@ class GroupCommitWriter:
         self._on_abandoned = on_abandoned
         self._pending: list[_Op] = []
         self._task: asyncio.Task[None] | None = None
+        self.stats = WriteStats()
 
     def submit(self, kind: OpKind, item: Any, *, patience: float) -> asyncio.Future[Any]:
         """Queue one op; the future resolves after its transaction committed."""
@@ -118,6 +130,7 @@ class GroupCommitWriter:
                 results = await self._transaction(batch)
             except Exception as exc:
                 if is_unavailable(exc):
+                    self.stats.retries += 1
                     outage = outage or _Outage()
                     batch = await self._wait_out(batch, exc, outage)
                     continue
@@ -178,6 +191,9 @@ class GroupCommitWriter:
             statements.append((self._notify_sql, (self._channel,)))
         async with self._pool.connection(timeout=timeout) as conn:
             rows = await transaction(conn, statements)
+        self.stats.transactions += 1
+        self.stats.ops += len(batch)
+        self.stats.rows_changed += sum(len(kind_rows) for kind_rows in rows)
         # each kind's results are in the order its ops were queued, as are the ops in batch
         per_kind = {name: iter(kind.results(items, kind_rows)) for (name, (kind, items)),
                     kind_rows in zip(groups.items(), rows, strict=False)}

@@ -33,6 +33,7 @@ import psycopg_pool
 from stride._audit import AuditRecord
 from stride._ids import new_id
 from stride.errors import ConfigurationError, StoreUnavailable
+from stride.stores import _postgres_waits as _pg_waits
 from stride.stores._postgres_conn import (
     PgTarget,
     is_unavailable,
@@ -44,23 +45,32 @@ from stride.stores._postgres_listener import Listener
 from stride.stores._postgres_migrate import migrate
 from stride.stores._postgres_ops import (
     CheckpointOp,
+    FinishItem,
     FinishOp,
     PublishItem,
     PublishOp,
     RescheduleOp,
+    lease_lost,
 )
 from stride.stores._postgres_orphans import Orphans
 from stride.stores._postgres_outbox import write_in
 from stride.stores._postgres_sql import RUN_COLUMNS, Statements
-from stride.stores._postgres_writer import GroupCommitWriter, OpKind, transaction
+from stride.stores._postgres_writer import (
+    GroupCommitWriter,
+    OpKind,
+    WriteStats,
+    transaction,
+)
 from stride.stores.base import (
     ClaimedRun,
+    DeadlineRow,
     EventListing,
     EventRow,
     JobActivity,
     Lease,
     NewEvent,
     NewRun,
+    NewWait,
     PublishResult,
     QueueStats,
     RunCount,
@@ -69,6 +79,7 @@ from stride.stores.base import (
     RunStatus,
     StepRecord,
     StepTiming,
+    WaitChooser,
     WorkerRow,
     event_cursor,
     id_floor,
@@ -128,6 +139,12 @@ class PostgresStore:
         self._finish_op = FinishOp(self.sql.finish, self.schema, self._limited_jobs)
         self._reschedule_op = RescheduleOp(self.sql.reschedule)
         self._orphans = Orphans(self._hand_back)
+        self._wait_sql = _pg_waits.WaitStatements(self.schema)
+
+    @property
+    def write_stats(self) -> WriteStats:
+        """Group-commit transactions, ops and rows this process committed (benchmarks)."""
+        return self._writer.stats if self._writer is not None else WriteStats()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -285,9 +302,34 @@ class PostgresStore:
         self._changed.set()
 
     async def finish(self, lease: Lease, *, status: RunStatus, output_json: str | None,
-                     error_json: str | None, errors_json: str | None = None) -> None:
-        await self._write(self._finish_op, (lease, status, output_json, error_json,
-                                            errors_json), patience=self._write_patience)
+                     error_json: str | None, errors_json: str | None = None,
+                     publish: PublishItem | None = None) -> None:
+        item = (lease, status, output_json, error_json, errors_json)
+        if publish:
+            await self._finish_and_publish(item, publish)
+            return
+        await self._write(self._finish_op, item, patience=self._write_patience)
+
+    async def _finish_and_publish(self, item: FinishItem, batch: PublishItem) -> None:
+        """A finish that publishes events (an invoked run's completion, an on-failure run):
+        its own transaction, in which the events are published only if the finish holds."""
+        finish, publish, now = self._finish_op, self._publish_op, _now_ms()
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> bool:
+            async with conn.transaction():
+                cur = await conn.execute(finish.sql, finish.params([item], now))
+                if not await cur.fetchall():
+                    return False
+                await conn.execute(publish.sql, publish.params([batch], now))
+                return True
+
+        try:
+            finished = await self._with_conn(run, retry=False)
+        except StoreUnavailable:
+            self._orphans.add_leases([item[0]])
+            raise
+        if not finished:
+            raise lease_lost(item[0])
 
     async def release(self, leases: Sequence[Lease]) -> None:
         if not leases:
@@ -315,12 +357,48 @@ class PostgresStore:
     async def create_runs(self, runs: Sequence[NewRun]) -> None:
         if not runs:
             return
-        params = (_now_ms(), [r.id for r in runs], [r.app_id for r in runs],
+        now = _now_ms()
+        params = (now, [r.id for r in runs], [r.app_id for r in runs],
                   [r.job_id for r in runs], [r.event_id for r in runs],
                   [r.available_at for r in runs])
         await self._with_conn(lambda conn: transaction(conn, [
-            (self.sql.create_runs, params), (self.sql.notify, (self.schema,))]), retry=False)
+            (self.sql.create_runs, params), *self._wait_sql.extras(runs, now),
+            (self.sql.notify, (self.schema,))]), retry=False)
         self._changed.set()
+
+    # -- waits for events and timeouts (see stores._postgres_waits) ------------------
+
+    async def suspend_for_events(self, lease: Lease, waits: Sequence[NewWait], *,
+                                 available_at: int, choose: WaitChooser) -> bool:
+        try:
+            resumed = await self._with_conn(lambda conn: _pg_waits.suspend(
+                conn, self._wait_sql, lease, waits, available_at, choose, _now_ms()),
+                retry=False)
+        except StoreUnavailable:
+            self._orphans.add_leases([lease])  # it may still be ours: give it back later
+            raise
+        if resumed is None:
+            raise lease_lost(lease)
+        if resumed:
+            self._changed.set()
+        return resumed
+
+    async def resolve_wait(self, lease: Lease, wait: NewWait, *, choose: WaitChooser,
+                           expire: bool) -> StepRecord | None:
+        done = await self._with_conn(lambda conn: _pg_waits.resolve(
+            conn, self._wait_sql, lease, wait, choose, expire, _now_ms()), retry=False)
+        if done is False:
+            raise lease_lost(lease)
+        return done if isinstance(done, StepRecord) else None
+
+    async def due_deadlines(self, now_ms: int, limit: int) -> list[DeadlineRow]:
+        return await self._with_conn(
+            lambda conn: _pg_waits.due_deadlines(conn, self._wait_sql, now_ms, limit))
+
+    async def move_deadlines(self, moves: Sequence[tuple[str, int | None]]) -> None:
+        if moves:
+            await self._with_conn(
+                lambda conn: _pg_waits.move_deadlines(conn, self._wait_sql, moves))
 
     async def _hand_back(self, claims: list[str], leases: list[Lease]) -> None:
         """Requeue the runs of lost claims and of abandoned leases (see `Orphans`)."""
