@@ -24,6 +24,7 @@ from stride._audit import AuditRecorder
 from stride._cron import CronScheduler
 from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
 from stride._failures import describe_error
+from stride._flow_keys import is_keyed
 from stride._ids import new_id
 from stride._looper import Looper
 from stride.errors import ConfigurationError, LeaseLost, StoreError
@@ -79,6 +80,7 @@ class Worker:
         self._store = store
         self._logger = logger
         self._limits = {j.id: j.concurrency for j in jobs.values() if j.concurrency}
+        self._keyed = frozenset(j.id for j in jobs.values() if is_keyed(j.flow))
         self._active: dict[str, tuple[asyncio.Task[None], Lease]] = {}
         self._unreleased: list[Lease] = []
         self._slot_freed = asyncio.Event()
@@ -157,7 +159,8 @@ class Worker:
             try:
                 claimed = await self._store.claim(
                     worker_id=self.id, app_id=self.app_id, job_ids=list(self._jobs), limit=limit,
-                    lease_ms=int(self.options.lease_seconds * 1000), concurrency=self._limits)
+                    lease_ms=int(self.options.lease_seconds * 1000), concurrency=self._limits,
+                    keyed=self._keyed)
             except StoreError as exc:
                 if not failing:
                     log.warning("claiming runs failed, retrying: %s", exc)
@@ -223,7 +226,8 @@ class Worker:
             log.warning("run %s: could not record its outcome (%s); it resumes after its "
                         "lease expires", run_id, exc)
         else:
-            log.debug("run %s of %s: %s", run_id, job.id, _describe(decision))
+            if log.isEnabledFor(logging.DEBUG):  # _describe runs before debug() would filter
+                log.debug("run %s of %s: %s", run_id, job.id, _describe(decision))
 
     async def _apply(self, lease: Lease, decision: Decision) -> None:
         match decision:

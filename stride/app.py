@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
@@ -18,6 +19,7 @@ from typing_extensions import Unpack
 
 from stride import _audit, _codec
 from stride._audit import AuditRecord
+from stride._flow_keys import FlowKeys, has_flow
 from stride._ids import new_id
 from stride._worker import Worker, WorkerOptions
 from stride.context import Context, SyncContext
@@ -114,6 +116,7 @@ class Stride:
         self.logger = logger or logging.getLogger(f"stride.app.{app_id}")
         self._jobs: dict[str, Job[Any, Any]] = {}
         self._routes: dict[str, list[tuple[Job[Any, Any], EventTrigger]]] = {}
+        self._flows: dict[str, FlowKeys] = {}  # jobs with flow control, by id
         self._event_types: dict[str, EventType[Any]] = {}
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                 asyncio.Task[Store]] = weakref.WeakKeyDictionary()
@@ -195,6 +198,8 @@ class Stride:
         for trig in job.triggers:
             if isinstance(trig, EventTrigger):
                 self._routes.setdefault(trig.event, []).append((job, trig))
+        if has_flow(job.flow):
+            self._flows[id] = FlowKeys(job, self.app_id)
         return job
 
     # -- the store -------------------------------------------------------------
@@ -311,7 +316,15 @@ class Stride:
             seen = {"id": event_id, "name": name, "data": data, "user": user, "ts": now}
             routes = [(job, trigger) for job, trigger in routes if trigger.matches(seen)]
         runs = [NewRun(new_id(), self.app_id, job.id, event_id, now) for job, _ in routes]
+        if self._flows and any(run.job_id in self._flows for run in runs):
+            runs = self._with_flow(runs, {"id": event_id, "name": name, "data": data,
+                                          "user": user, "ts": now})
         return new_event, runs
+
+    def _with_flow(self, runs: list[NewRun], event: dict[str, Any]) -> list[NewRun]:
+        """Attach each job's flow control, its keys evaluated against the event."""
+        return [replace(run, flow=self._flows[run.job_id].run_flow(event))
+                if run.job_id in self._flows else run for run in runs]
 
     def _validate_data(self, name: str, data: Any) -> dict[str, Any]:
         event_type = self._event_types.get(name)

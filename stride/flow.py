@@ -67,19 +67,26 @@ class Concurrency:
 
 @dataclass(frozen=True, slots=True)
 class Throttle:
-    """At most `limit` runs started per `period` (plus `burst`); runs beyond are delayed,
-    never dropped."""
+    """Runs start at a steady `limit` per `period`; runs beyond wait for their turn (FIFO),
+    none is dropped. As in Inngest (GCRA): `limit + burst` may start at once, then one every
+    `period / limit`.
+
+    Example:
+        throttle=Throttle(limit=10, period="1m", key="event.data.customer_id")
+    """
 
     limit: int
     period: Duration
-    burst: int = 1
+    burst: int = 0
     key: str | None = None
     period_ms: int = field(default=0, compare=False, repr=False)
     compiled_key: Expression | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _positive_int(self.limit, "Throttle limit")
-        _positive_int(self.burst, "Throttle burst")
+        if not isinstance(self.burst, int) or isinstance(self.burst, bool) or self.burst < 0:
+            raise ConfigurationError(f"Throttle burst must be an int >= 0 (runs that may start "
+                                     f"at once on top of limit), got {self.burst!r}")
         object.__setattr__(self, "period_ms", _period_ms(self.period, "Throttle period"))
         object.__setattr__(self, "compiled_key", _key(self.key, "Throttle key"))
 

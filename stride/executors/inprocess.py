@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
@@ -37,7 +37,7 @@ from stride.errors import (
 from stride.events import Event
 from stride.jobs import Job
 from stride.step import Step, SyncStep
-from stride.stores.base import ClaimedRun, StepRecord, Store
+from stride.stores.base import ClaimedRun, EventRow, StepRecord, Store
 
 log = logging.getLogger("stride.executor")
 _PLAIN_TYPES: frozenset[Any] = frozenset({None, Any, dict, list, str, int, float, bool,
@@ -270,19 +270,25 @@ class RunExecution:
         return Rescheduled(_now_ms() + int(delay * 1000), "queued", attempt, errors_json)
 
 
-def build_context(execution: RunExecution, app_id: str,
-                  logger: logging.Logger) -> Context[Any] | SyncContext[Any]:
-    """The handler's argument, with the event parsed into its model for typed events."""
-    job, claimed = execution.job, execution.claimed
-    row = claimed.event
+def _parse_event(job: Job[Any, Any], row: EventRow) -> Event[Any]:
     data: Any = _codec.loads(row.data_json)
     event_type = job.event_types.get(row.name)
     if event_type is not None:
         data = event_type.parse(data)
-    event = Event(id=row.id, name=row.name, data=data, user=_codec.loads(row.user_json), ts=row.ts)
+    return Event(id=row.id, name=row.name, data=data, user=_codec.loads(row.user_json), ts=row.ts)
+
+
+def build_context(execution: RunExecution, app_id: str, logger: logging.Logger,
+                  batch: Sequence[EventRow] = ()) -> Context[Any] | SyncContext[Any]:
+    """The handler's argument, with the event parsed into its model for typed events.
+
+    `batch`: every event of a batched run (the first is also `ctx.event`)."""
+    job, claimed = execution.job, execution.claimed
+    event = _parse_event(job, claimed.event)
+    events = [_parse_event(job, row) for row in batch] if batch else [event]
     bound = RunLogger(logger, {"app_id": app_id, "job_id": job.id,
                                "run_id": claimed.lease.run_id, "attempt": execution.attempt})
-    common: dict[str, Any] = dict(event=event, events=[event], run_id=claimed.lease.run_id,
+    common: dict[str, Any] = dict(event=events[0], events=events, run_id=claimed.lease.run_id,
                                   job_id=job.id, app_id=app_id, attempt=execution.attempt,
                                   logger=bound)
     if job.is_async:
@@ -295,8 +301,13 @@ async def run_claimed(store: Store, job: Job[Any, Any], claimed: ClaimedRun, *, 
                       draining: Callable[[], bool]) -> Decision:
     """Execute one claimed run to its next decision (the worker applies it)."""
     execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining, threads)
+    try:  # a batched run's events (one read per batch; other runs carry their one event)
+        batch = (await store.run_events(claimed.lease.run_id)
+                 if job.flow.batch_events is not None else [])
+    except StoreError as exc:
+        return Abandoned(f"store error: {exc}", release=True)
     try:
-        ctx = build_context(execution, app_id, logger)
+        ctx = build_context(execution, app_id, logger, batch)
     except ValidationError as exc:  # the event type's model changed since the event was sent
         error = describe_error(exc, attempt=1, started_at=None, ended_at=_now_ms())
         error["message"] = (f"the stored event no longer matches the job's event model: "

@@ -13,7 +13,7 @@ from __future__ import annotations
 _DUE = "status IN ('queued', 'sleeping', 'waiting')"
 RUN_COLUMNS = (
     "id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at, "
-    "available_at, output, error, errors, lease_owner"
+    "available_at, output, error, errors, lease_owner, reason"
 )
 STEP_COLUMNS = (
     "step_id, position, kind, status, output, error, attempts, errors, started_at, ended_at, "
@@ -71,7 +71,7 @@ class Statements:
         self.cancel = (
             f"UPDATE {s}.runs SET status = 'cancelled', error = %s, ended_at = %s, "
             f"{_LEASE_CLEARED} WHERE id = ANY(%s::text[]) AND "
-            "status NOT IN ('completed', 'failed', 'cancelled') RETURNING id")
+            "status NOT IN ('completed', 'failed', 'cancelled', 'skipped') RETURNING id")
         self.create_runs = (
             f"INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, available_at, rank, "
             "created_at) SELECT r.id, r.app_id, r.job_id, r.event_id, 'queued', r.at, r.at, %s "
@@ -109,14 +109,16 @@ class Statements:
         self.get_event = f'SELECT id, name, data, "user", ts FROM {s}.events WHERE id = %s'
         self.prune_runs = (
             f"WITH doomed AS (SELECT id FROM {s}.runs WHERE ended_at < %(cutoff)s AND "
-            "status IN ('completed', 'failed', 'cancelled') ORDER BY ended_at "
+            "status IN ('completed', 'failed', 'cancelled', 'skipped') ORDER BY ended_at "
             "LIMIT %(batch)s FOR UPDATE SKIP LOCKED), "
+            f"gone_links AS (DELETE FROM {s}.run_events WHERE run_id IN (SELECT id FROM doomed)), "
             f"gone_steps AS (DELETE FROM {s}.steps WHERE run_id IN (SELECT id FROM doomed)) "
             f"DELETE FROM {s}.runs WHERE id IN (SELECT id FROM doomed)")
         self.prune_events = (
             f"DELETE FROM {s}.events WHERE id IN (SELECT e.id FROM {s}.events e WHERE "
             f"e.received_at < %(cutoff)s AND NOT EXISTS (SELECT 1 FROM {s}.runs r "
-            "WHERE r.event_id = e.id) ORDER BY e.received_at LIMIT %(batch)s "
+            f"WHERE r.event_id = e.id) AND NOT EXISTS (SELECT 1 FROM {s}.run_events b "
+            "WHERE b.event_id = e.id) ORDER BY e.received_at LIMIT %(batch)s "
             "FOR UPDATE SKIP LOCKED)")
 
 

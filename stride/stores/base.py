@@ -8,18 +8,22 @@ already encoded as text so that a backend never has to know about pydantic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from stride._audit import AuditRecord
+    from stride._flow_decide import RunFlow
 
-RunStatus = Literal["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled",
+                   "skipped"]
 RUN_STATUSES: tuple[RunStatus, ...] = (
-    "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled",
+    "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "skipped",
 )
-FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+"""`skipped`: flow control decided that the event starts no run (rate limit, idempotency,
+singleton, debounce); the row records the decision and its `reason`."""
+FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
 StepStatus = Literal["completed", "failed", "retrying", "sleeping"]
 
 
@@ -43,6 +47,9 @@ class NewRun:
     job_id: str
     event_id: str
     available_at: int
+    flow: RunFlow | None = None
+    """The job's flow control with its keys evaluated against the event; None for jobs
+    without any (the fast path). The store decides with it (stride._flow_decide)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,8 @@ class RunRow:
     errors_json: str | None
     lease_owner: str | None
     steps: tuple[StepRecord, ...] = field(default=())
+    reason: str | None = None
+    """Why flow control delayed, skipped, merged or cancelled the run (None if it did not)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +170,20 @@ class Store(Protocol):
 
     async def claim(
         self, *, worker_id: str, app_id: str, job_ids: Sequence[str], limit: int,
-        lease_ms: int, concurrency: Mapping[str, int],
+        lease_ms: int, concurrency: Mapping[str, int], keyed: Collection[str] = (),
     ) -> list[ClaimedRun]:
-        """Lease up to `limit` due runs of `job_ids`, never exceeding a job's concurrency."""
+        """Lease up to `limit` due runs of `job_ids`, never exceeding a job's concurrency.
+
+        `keyed`: the jobs whose runs carry concurrency keys (keyed or shared limits, stored
+        on the run at publish). Their runs are leased only while every key they hold has a
+        free slot, across all workers; a run whose key is full is parked until a run of
+        that key lets go, so a key with a long backlog never holds up the other keys.
+        """
+        ...
+
+    async def run_events(self, run_id: str) -> list[EventRow]:
+        """Every event of a batched run (`batch_events`), in arrival order; empty for a run
+        that has only its triggering event."""
         ...
 
     async def checkpoint(self, lease: Lease, step: StepRecord) -> None:

@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -40,6 +41,14 @@ from stride.stores._postgres_conn import (
     libpq_timeout,
     parse_postgres_url,
     translate,
+)
+from stride.stores._postgres_flow import (
+    ClaimParams,
+    Execute,
+    FlowStatements,
+    claim_keyed,
+    executor_for,
+    publish_runs,
 )
 from stride.stores._postgres_listener import Listener
 from stride.stores._postgres_migrate import migrate
@@ -134,6 +143,7 @@ class PostgresStore:
         self._listener = Listener(self.target, self.schema, self._changed.set,
                                   connect_timeout=connect_timeout)
         self._publish_op = PublishOp(self.sql.publish, self.schema)
+        self.flow_sql = FlowStatements(self.schema)
         self._checkpoint_op = CheckpointOp(self.sql.checkpoint)
         self._limited_jobs: set[str] = set()
         self._finish_op = FinishOp(self.sql.finish, self.schema, self._limited_jobs)
@@ -240,6 +250,8 @@ class PostgresStore:
                       dedupe_ms: int, conn: Any = None) -> PublishResult:
         # Event ids are remembered until pruned, which keeps them at least `dedupe_ms`
         # (the pruner's cutoff must not be shorter than the dedupe window).
+        if any(run.flow is not None for _, runs in batch for run in runs):
+            return await self._publish_flow(batch, conn)
         if conn is not None:
             return await self._publish_in(conn, batch)
         result: PublishResult = await self._write(self._publish_op, batch,
@@ -255,10 +267,40 @@ class PostgresStore:
             raise translate(self.target, exc) from exc
         return op.results([batch], rows)[0]
 
+    async def _publish_flow(self, batch: PublishItem, conn: Any) -> PublishResult:
+        """A batch with runs of flow-controlled jobs: the plain publish statement for the
+        events and the other runs, then the flow decisions (`_postgres_flow`), in one
+        transaction (the caller's, with `conn`)."""
+        plain = [(event, [run for run in runs if run.flow is None]) for event, runs in batch]
+        op, now = self._publish_op, _now_ms()
+
+        async def write(execute: Execute) -> PublishResult:
+            result = op.results([plain], await execute(op.sql, op.params([plain], now)))[0]
+            fresh = set(result.accepted)
+            flowing = [run for event, runs in batch if event.id in fresh for run in runs
+                       if run.flow is not None]
+            created = await publish_runs(execute, self.flow_sql, flowing, now)
+            return replace(result, runs_created=result.runs_created + created)
+
+        async def own(connection: psycopg.AsyncConnection[Any]) -> PublishResult:
+            async with connection.transaction():
+                return await write(executor_for(connection))
+
+        if conn is None:
+            return await self._with_conn(own, retry=False)
+        try:
+            return await write(executor_for(conn))
+        except psycopg.Error as exc:
+            raise translate(self.target, exc) from exc
+
     async def claim(self, *, worker_id: str, app_id: str, job_ids: Sequence[str], limit: int,
-                    lease_ms: int, concurrency: Mapping[str, int]) -> list[ClaimedRun]:
+                    lease_ms: int, concurrency: Mapping[str, int],
+                    keyed: Collection[str] = ()) -> list[ClaimedRun]:
         if limit <= 0 or not job_ids:
             return []
+        if any(job in keyed for job in job_ids):
+            return await self._claim_keyed(worker_id, app_id, job_ids, limit, lease_ms,
+                                           concurrency, keyed)
         token = new_id()
         now = _now_ms()
         limited = sorted(job for job in set(job_ids) if job in concurrency)
@@ -274,6 +316,25 @@ class PostgresStore:
             self._orphans.add_claim(token)  # it may have committed before the line dropped
             raise
         return [_claimed(row, token) for row in rows]
+
+    async def _claim_keyed(self, worker_id: str, app_id: str, job_ids: Sequence[str],
+                           limit: int, lease_ms: int, concurrency: Mapping[str, int],
+                           keyed: Collection[str]) -> list[ClaimedRun]:
+        """Claim runs that hold concurrency keys (see `_postgres_flow`)."""
+        now = _now_ms()
+        params = ClaimParams(app_id=app_id, worker_id=worker_id, token=new_id(), now=now,
+                             expires=now + lease_ms, limit=limit, job_ids=list(job_ids),
+                             limits=dict(concurrency))
+        # a finished run of these jobs frees a slot other workers may wait for: notify
+        self._limited_jobs.update(job for job in job_ids if job in keyed or job in concurrency)
+        try:
+            rows = await self._with_conn(
+                lambda conn: claim_keyed(conn, self.flow_sql, self.sql.lock_jobs, params),
+                retry=False)
+        except StoreUnavailable:
+            self._orphans.add_claim(params.token)
+            raise
+        return [_claimed(row, params.token) for row in rows]
 
     async def _claim_on(self, conn: psycopg.AsyncConnection[Any],
                         params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -476,6 +537,9 @@ class PostgresStore:
 
         return [_run_row(row, ()) for row in await self._with_conn(run)]
 
+    async def run_events(self, run_id: str) -> list[EventRow]:
+        return [EventRow(*row) for row in await self._rows(self.flow_sql.run_events, (run_id,))]
+
     async def get_event(self, event_id: str) -> EventRow | None:
         async def run(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
             cur = await conn.execute(self.sql.get_event, (event_id,))
@@ -653,9 +717,9 @@ def _run_filter_sql(query: RunFilter) -> tuple[str, list[Any]]:
 
 def _run_row(row: tuple[Any, ...], steps: tuple[StepRecord, ...]) -> RunRow:
     (run_id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at,
-     available_at, output, error, errors, lease_owner) = row
+     available_at, output, error, errors, lease_owner, reason) = row
     return RunRow(run_id, app_id, job_id, event_id, status, attempt, created_at, started_at,
-                  ended_at, available_at, output, error, errors, lease_owner, steps)
+                  ended_at, available_at, output, error, errors, lease_owner, steps, reason)
 
 
 # -- the dashboard queries (the same shapes as the SQLite store's) --------------------------

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -53,7 +53,7 @@ CHANGE_POLL_SECONDS = 0.005
 _CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
 _RUN_COLUMNS = (
     "id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at, "
-    "available_at, output, error, errors, lease_owner"
+    "available_at, output, error, errors, lease_owner, reason"
 )
 _STEP_COLUMNS = (
     "step_id, position, kind, status, output, error, attempts, errors, started_at, ended_at, "
@@ -180,8 +180,10 @@ class SqliteStore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            # asyncio.timeout, not wait_for: no task per poll (an idle worker polls 200 times/s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(CHANGE_POLL_SECONDS, remaining))
+                async with asyncio.timeout(min(CHANGE_POLL_SECONDS, remaining)):
+                    await self._changed.wait()
 
     # -- writes --------------------------------------------------------------
 
@@ -197,9 +199,17 @@ class SqliteStore:
         return result
 
     async def claim(self, *, worker_id: str, app_id: str, job_ids: Sequence[str], limit: int,
-                    lease_ms: int, concurrency: Mapping[str, int]) -> list[ClaimedRun]:
+                    lease_ms: int, concurrency: Mapping[str, int],
+                    keyed: Collection[str] = ()) -> list[ClaimedRun]:
         if limit <= 0 or not job_ids:
             return []
+        if any(job in keyed for job in job_ids):  # runs holding concurrency keys: see there
+            from stride.stores import _sqlite_flow
+
+            keyed_claim: list[ClaimedRun] = await self._writer.run(
+                lambda conn: _sqlite_flow.claim_keyed(conn, worker_id, app_id, list(job_ids),
+                                                      limit, lease_ms, dict(concurrency)))
+            return keyed_claim
         claimed: list[ClaimedRun] = await self._writer.run(
             lambda conn: _claim(conn, worker_id, app_id, list(job_ids), limit, lease_ms,
                                 dict(concurrency)))
@@ -306,6 +316,11 @@ class SqliteStore:
             "SELECT id, name, data, user, ts FROM events WHERE id = ?", (event_id,)).fetchone())
         return EventRow(*row) if row else None
 
+    async def run_events(self, run_id: str) -> list[EventRow]:
+        from stride.stores import _sqlite_flow
+
+        return await self._read(lambda conn: _sqlite_flow.run_events(conn, run_id))
+
     async def cancel_runs(self, run_ids: Sequence[str], *, error_json: str) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
             now = _now_ms()
@@ -314,7 +329,8 @@ class SqliteStore:
                 row = conn.execute(
                     "UPDATE runs SET status = 'cancelled', error = ?, ended_at = ?, "
                     "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
-                    "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled') "
+                    "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled', "
+                    "'skipped') "
                     "RETURNING id", (error_json, now, run_id)).fetchone()
                 if row:
                     cancelled.append(row[0])
@@ -481,6 +497,7 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
     duplicates: list[str] = []
     fresh: list[tuple[Any, ...]] = []
     runs: list[tuple[Any, ...]] = []
+    flowing: list[NewRun] = []
     stored = _stored_event_ids(conn, [event.id for event, _ in batch])
     for event, event_runs in batch:
         row = (event.id, event.name, event.data_json, event.user_json, event.ts, now)
@@ -492,13 +509,18 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
         accepted.append(event.id)
         accepted_ids.add(event.id)
         runs.extend((r.id, r.app_id, r.job_id, r.event_id, "queued", r.available_at,
-                     r.available_at, now) for r in event_runs)
+                     r.available_at, now) for r in event_runs if r.flow is None)
+        flowing.extend(r for r in event_runs if r.flow is not None)
     conn.executemany(
         "INSERT INTO events (id, name, data, user, ts, received_at) VALUES (?, ?, ?, ?, ?, ?)",
         fresh)
     conn.executemany(
         "INSERT INTO runs (id, app_id, job_id, event_id, status, available_at, rank, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", runs)
+    if flowing:  # jobs with flow control: decided with their limiters' state
+        from stride.stores import _sqlite_flow
+
+        runs += _sqlite_flow.publish_runs(conn, flowing, now)
     return PublishResult(tuple(accepted), tuple(duplicates), len(runs))
 
 
@@ -611,8 +633,9 @@ def _load_steps(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, tuple
 def _prune_runs(conn: sqlite3.Connection, cutoff: int, batch_size: int) -> int:
     ids = [(row[0],) for row in conn.execute(
         "SELECT id FROM runs WHERE ended_at < ? AND status IN ('completed', 'failed', "
-        "'cancelled') ORDER BY ended_at LIMIT ?", (cutoff, batch_size))]
+        "'cancelled', 'skipped') ORDER BY ended_at LIMIT ?", (cutoff, batch_size))]
     conn.executemany("DELETE FROM steps WHERE run_id = ?", ids)
+    conn.executemany("DELETE FROM run_events WHERE run_id = ?", ids)
     conn.executemany("DELETE FROM runs WHERE id = ?", ids)
     return len(ids)
 
@@ -621,6 +644,7 @@ def _prune_events(conn: sqlite3.Connection, cutoff: int, batch_size: int) -> int
     cur = conn.execute(
         "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_at < ? "
         "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id) "
+        "AND NOT EXISTS (SELECT 1 FROM run_events b WHERE b.event_id = e.id) "
         "ORDER BY e.received_at LIMIT ?)", (cutoff, batch_size))
     return cur.rowcount
 
@@ -669,9 +693,9 @@ def _run_filter_sql(query: RunFilter) -> tuple[str, list[Any]]:
 
 def _run_row(row: tuple[Any, ...], steps: tuple[StepRecord, ...]) -> RunRow:
     (run_id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at,
-     available_at, output, error, errors, lease_owner) = row
+     available_at, output, error, errors, lease_owner, reason) = row
     return RunRow(run_id, app_id, job_id, event_id, status, attempt, created_at, started_at,
-                  ended_at, available_at, output, error, errors, lease_owner, steps)
+                  ended_at, available_at, output, error, errors, lease_owner, steps, reason)
 
 
 def default_sqlite_url() -> str:
