@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,8 +16,11 @@ NOOP_EVENT = "bench/noop"
 PING_EVENT = "bench/ping"
 
 
-async def _nothing() -> None:
-    """The body of every benchmark step: no work, so only the engine's cost is measured."""
+async def _nothing(sleep_ms: float = 0) -> None:
+    """The body of every benchmark step: no work (or an I/O-like wait of `sleep_ms`), so
+    only the engine's cost is measured."""
+    if sleep_ms:
+        await asyncio.sleep(sleep_ms / 1000)
 
 
 def build(database_url: str | None = None) -> Stride:
@@ -25,8 +29,9 @@ def build(database_url: str | None = None) -> Stride:
 
     @app.define_job(id="noop", trigger=NOOP_EVENT, retries=0)
     async def noop(ctx: Context[dict[str, Any]]) -> None:
+        sleep_ms = float(ctx.event.data.get("sleep_ms", 0))
         for index in range(int(ctx.event.data.get("steps", 1))):
-            await ctx.step.run(f"step-{index}", _nothing)
+            await ctx.step.run(f"step-{index}", _nothing, sleep_ms)
 
     @app.define_job(id="ping", trigger=PING_EVENT, retries=0)
     async def ping(ctx: Context[dict[str, Any]]) -> dict[str, int]:

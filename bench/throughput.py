@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--step-ms", type=float, default=0.0,
+                        help="each step awaits asyncio.sleep for this long (I/O-like work)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
@@ -63,13 +65,14 @@ async def _migrate(target: Target) -> None:
     await app.aclose()
 
 
-async def _dispatch(target: Target, events: int, steps: int) -> tuple[float, float]:
+async def _dispatch(target: Target, events: int, steps: int,
+                    step_ms: float) -> tuple[float, float]:
     """Dispatch the batch in one call; (wall start epoch s, seconds the call took)."""
     from bench.apps import NOOP_EVENT, build
 
     app = build(target.url)
     await app.store()  # open and migrate before the clock starts
-    batch = [(NOOP_EVENT, {"steps": steps}) for _ in range(events)]
+    batch = [(NOOP_EVENT, {"steps": steps, "sleep_ms": step_ms}) for _ in range(events)]
     started_wall, started = time.time(), time.perf_counter()
     await app.dispatch_many(batch)
     took = time.perf_counter() - started
@@ -165,7 +168,8 @@ def run(args: argparse.Namespace, target: Target) -> None:
     try:
         pool.start(probe)
         profilers = _start_profilers(pool, args.profile) if args.profile else []
-        started_wall, dispatch_s = asyncio.run(_dispatch(target, args.events, args.steps))
+        started_wall, dispatch_s = asyncio.run(
+            _dispatch(target, args.events, args.steps, args.step_ms))
         _wait_drained(probe, args.events)
         _stop_profilers(profilers)
     finally:
@@ -181,6 +185,7 @@ def run(args: argparse.Namespace, target: Target) -> None:
 def main() -> int:
     args = _parser().parse_args()
     print(f"stride throughput: store={args.store} events={args.events} steps={args.steps} "
+          f"step_ms={args.step_ms:g} "
           f"workers={args.workers} concurrency={args.concurrency}"
           f"{' (CLI workers)' if args.cli else ''}{' gc.freeze()' if args.gc_freeze else ''}")
     try:
