@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from stride.errors import LeaseLost
+from stride.stores._postgres_waits import extras_json, parse_checks
 from stride.stores.base import Lease, NewEvent, NewRun, PublishResult, RunStatus, StepRecord
 
 PublishItem = Sequence[tuple[NewEvent, Sequence[NewRun]]]
@@ -42,14 +43,15 @@ class PublishOp:
             for event, runs in batch:
                 events.setdefault(event.id, (event, runs))
         ordered = [events[key] for key in sorted(events)]
-        return (now, _json([(e.id, e.name, e.data_json, e.user_json, e.ts)
-                            for e, _ in ordered]),
-                now, _json([(r.id, r.app_id, r.job_id, r.event_id, r.available_at)
-                            for _, runs in ordered for r in runs]), self.channel)
+        return (_json([(e.id, e.name, e.data_json, e.user_json, e.ts) for e, _ in ordered]),
+                now, now, _json([(r.id, r.app_id, r.job_id, r.event_id, r.available_at)
+                                 for _, runs in ordered for r in runs]), self.channel,
+                extras_json(ordered, now), now)
 
     def results(self, items: Sequence[PublishItem],
                 rows: list[tuple[Any, ...]]) -> list[PublishResult]:
         fresh = {row[0] for row in rows}
+        checks = parse_checks(rows[0][2] if rows else None)  # cancel_on if_ filters to run
         results = []
         for batch in items:
             accepted: list[str] = []
@@ -62,7 +64,8 @@ class PublishOp:
                     created += len(runs)
                 else:
                     duplicates.append(event.id)
-            results.append(PublishResult(tuple(accepted), tuple(duplicates), created))
+            mine = tuple(check for check in checks if check.event_id in accepted)
+            results.append(PublishResult(tuple(accepted), tuple(duplicates), created, mine))
         return results
 
     def wakes(self, items: Sequence[PublishItem], now: int) -> bool:

@@ -112,7 +112,11 @@ class Statements:
             "status IN ('completed', 'failed', 'cancelled', 'skipped') ORDER BY ended_at "
             "LIMIT %(batch)s FOR UPDATE SKIP LOCKED), "
             f"gone_links AS (DELETE FROM {s}.run_events WHERE run_id IN (SELECT id FROM doomed)), "
-            f"gone_steps AS (DELETE FROM {s}.steps WHERE run_id IN (SELECT id FROM doomed)) "
+            f"gone_steps AS (DELETE FROM {s}.steps WHERE run_id IN (SELECT id FROM doomed)), "
+            f"gone_waits AS (DELETE FROM {s}.waits WHERE run_id IN (SELECT id FROM doomed)), "
+            f"gone_hits AS (DELETE FROM {s}.wait_hits WHERE run_id IN (SELECT id FROM doomed)), "
+            f"gone_deadlines AS (DELETE FROM {s}.deadlines "
+            "WHERE run_id IN (SELECT id FROM doomed)) "
             f"DELETE FROM {s}.runs WHERE id IN (SELECT id FROM doomed)")
         self.prune_events = (
             f"DELETE FROM {s}.events WHERE id IN (SELECT e.id FROM {s}.events e WHERE "
@@ -129,16 +133,23 @@ def _publish(s: str) -> str:
     # statement also on the application's connection (transactional dispatch).
     events = rows("id text", "name text", "data text", "usr text", "ts bigint")
     runs = rows("id text", "app_id text", "job_id text", "event_id text", "at bigint")
+    # The stored events then go to publish_waits (migration 0005), which stores the new
+    # runs' cancel-on conditions and timeouts and completes the waits the events match,
+    # after taking its locks in a statement of its own (no lost wake-up).
     return (
-        f"WITH fresh AS (INSERT INTO {s}.events (id, name, data, \"user\", ts, received_at) "
-        f"SELECT e.id, e.name, e.data, e.usr, e.ts, %s FROM {events} AS e "
+        f"WITH batch AS {events}, "
+        f"fresh AS (INSERT INTO {s}.events (id, name, data, \"user\", ts, received_at) "
+        "SELECT e.id, e.name, e.data, e.usr, e.ts, %s FROM batch AS e "
         "ON CONFLICT (id) DO NOTHING RETURNING id), "
         f"created AS (INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, "
         "available_at, rank, created_at) SELECT r.id, r.app_id, r.job_id, r.event_id, "
         f"'queued', r.at, r.at, %s FROM {runs} AS r "
         "WHERE r.event_id IN (SELECT id FROM fresh) RETURNING 1), "
-        "woken AS (SELECT pg_notify(%s, '') FROM fresh LIMIT 1) "
-        "SELECT id, (SELECT count(*) FROM woken) FROM fresh")
+        "woken AS (SELECT pg_notify(%s, '') FROM fresh LIMIT 1), "
+        f"matched AS (SELECT {s}.publish_waits((SELECT jsonb_agg(jsonb_build_array("
+        "b.id, b.name, b.data, b.usr, b.ts)) FROM batch b JOIN fresh f ON f.id = b.id), "
+        "%s::jsonb, %s) AS checks) "
+        "SELECT id, (SELECT count(*) FROM woken), (SELECT checks FROM matched) FROM fresh")
 
 
 def _checkpoint(s: str) -> str:

@@ -8,7 +8,7 @@ already encoded as text so that a backend never has to know about pydantic.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -24,7 +24,7 @@ RUN_STATUSES: tuple[RunStatus, ...] = (
 """`skipped`: flow control decided that the event starts no run (rate limit, idempotency,
 singleton, debounce); the row records the decision and its `reason`."""
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
-StepStatus = Literal["completed", "failed", "retrying", "sleeping"]
+StepStatus = Literal["completed", "failed", "retrying", "sleeping", "waiting"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +39,27 @@ class NewEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelCondition:
+    """One `cancel_on` condition of a new run, stored as a row so that matching is indexed.
+
+    An event named `event_name` whose value at `match_path` has the key `match_value`
+    (`stride._waits.wait_key`; both '' for no `match=`) cancels the run; `if_expr`, a CEL
+    filter, is evaluated by the dispatching process right after the publish commits.
+    """
+
+    event_name: str
+    match_path: str
+    match_value: str
+    if_expr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
-    """A run to create together with its triggering event."""
+    """A run to create together with its triggering event.
+
+    `cancel_on` and the timeouts (ms) are stored beside the run when it is created, as rows
+    that publishes and the timeout looper find through indexes.
+    """
 
     id: str
     app_id: str
@@ -50,6 +69,20 @@ class NewRun:
     flow: RunFlow | None = None
     """The job's flow control with its keys evaluated against the event; None for jobs
     without any (the fast path). The store decides with it (stride._flow_decide)."""
+    cancel_on: tuple[CancelCondition, ...] = ()
+    start_timeout_ms: int | None = None
+    finish_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCheck:
+    """A live run whose `cancel_on` condition with an `if_` filter matched a published event
+    on its `match`; the dispatching process evaluates `if_expr` and cancels the run if true."""
+
+    run_id: str
+    if_expr: str
+    event_id: str
+    event_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +92,7 @@ class PublishResult:
     accepted: tuple[str, ...]
     duplicates: tuple[str, ...]
     runs_created: int
+    checks: tuple[CancelCheck, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +127,45 @@ class EventRow:
     data_json: str
     user_json: str | None
     ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewWait:
+    """A step that waits for an event (`wait_for_event`, `invoke`).
+
+    `step` is its memo row (status 'waiting', `wake_at` the expiry). An event named
+    `event_name` whose value at `match_path` has the key `match_value` (both '' when any
+    event of that name will do) completes the step; with `if_expr` the executor's chooser
+    decides among such events.
+    """
+
+    step: StepRecord
+    event_name: str
+    match_path: str = ""
+    match_value: str = ""
+    if_expr: str | None = None
+
+    @property
+    def expires_at(self) -> int:
+        assert self.step.wake_at is not None
+        return self.step.wake_at
+
+
+WaitChooser = Callable[[NewWait, Sequence[EventRow]], EventRow | None]
+"""Picks the event that completes a wait among candidates (in order received), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineRow:
+    """A run with a start or finish timeout whose next check is due (see `due_deadlines`)."""
+
+    run_id: str
+    due_at: int
+    start_ms: int | None
+    finish_ms: int | None
+    status: str | None
+    created_at: int | None
+    started_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +273,45 @@ class Store(Protocol):
     async def finish(
         self, lease: Lease, *, status: RunStatus, output_json: str | None,
         error_json: str | None, errors_json: str | None = None,
+        publish: Sequence[tuple[NewEvent, Sequence[NewRun]]] | None = None,
     ) -> None:
-        """Mark the run completed or failed, exactly once."""
+        """Mark the run completed or failed, exactly once.
+
+        `publish`: events (and runs) published in the same transaction, only if the finish
+        is accepted (an invoked run's completion event, an on-failure handler's run).
+        """
+        ...
+
+    async def suspend_for_events(
+        self, lease: Lease, waits: Sequence[NewWait], *, available_at: int,
+        choose: WaitChooser,
+    ) -> bool:
+        """Register `waits` and give the run back as 'waiting' until `available_at`, in one
+        transaction. Raises `LeaseLost` if the run is no longer ours.
+
+        No lost wake-up: a wait registered for the first time is also matched against the
+        events received since its step started (and one registered before, against the
+        events recorded for it while its run was not waiting); if `choose` picks one, the
+        step completes with it and the run is due at once instead (returns True). On
+        PostgreSQL this is serialised with publishes of the same event names.
+        """
+        ...
+
+    async def resolve_wait(
+        self, lease: Lease, wait: NewWait, *, choose: WaitChooser, expire: bool,
+    ) -> StepRecord | None:
+        """For a resumed run: complete the wait step with the first event `choose` picks
+        among those recorded for it; with `expire` (its timeout passed), complete it with
+        null if none. Returns the completed step, or None (the wait stays registered)."""
+        ...
+
+    async def due_deadlines(self, now_ms: int, limit: int) -> list[DeadlineRow]:
+        """Up to `limit` timeout checks due at `now_ms`, with their runs' state (index on
+        due time: finished or far-off runs are never scanned)."""
+        ...
+
+    async def move_deadlines(self, moves: Sequence[tuple[str, int | None]]) -> None:
+        """Set the next check of each run id to the given time, or delete it (None)."""
         ...
 
     async def release(self, leases: Sequence[Lease]) -> None:

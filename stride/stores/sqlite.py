@@ -24,15 +24,18 @@ from typing import Any, TypeVar
 from stride._audit import AuditRecord
 from stride._ids import new_id
 from stride.errors import ConfigurationError, LeaseLost, StoreError
+from stride.stores import _sqlite_waits as _waits
 from stride.stores._sqlite_writer import OpFailed, SqliteWriter, WriterStats, translate
 from stride.stores.base import (
     ClaimedRun,
+    DeadlineRow,
     EventListing,
     EventRow,
     JobActivity,
     Lease,
     NewEvent,
     NewRun,
+    NewWait,
     PublishResult,
     QueueStats,
     RunCount,
@@ -41,6 +44,7 @@ from stride.stores.base import (
     RunStatus,
     StepRecord,
     StepTiming,
+    WaitChooser,
     WorkerRow,
     event_cursor,
     id_floor,
@@ -233,7 +237,9 @@ class SqliteStore:
         self._changed.set()
 
     async def finish(self, lease: Lease, *, status: RunStatus, output_json: str | None,
-                     error_json: str | None, errors_json: str | None = None) -> None:
+                     error_json: str | None, errors_json: str | None = None,
+                     publish: Sequence[tuple[NewEvent, Sequence[NewRun]]] | None = None,
+                     ) -> None:
         def op(conn: sqlite3.Connection) -> object:
             cur = conn.execute(
                 "UPDATE runs SET status = ?, output = ?, error = ?, errors = coalesce(?, errors), "
@@ -241,9 +247,13 @@ class SqliteStore:
                 "WHERE id = ? AND lease_token = ? AND status = 'running'",
                 (status, output_json, error_json, errors_json, _now_ms(), lease.run_id,
                  lease.token))
+            if cur.rowcount and publish:  # only with an accepted finish, in its transaction
+                _publish(conn, publish, 0)
             return None if cur.rowcount else OpFailed(_lease_lost(lease))
 
         await self._writer.run(op)
+        if publish:
+            self._changed.set()
 
     async def release(self, leases: Sequence[Lease]) -> None:
         if not leases:
@@ -347,9 +357,37 @@ class SqliteStore:
                 "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
                 [(r.id, r.app_id, r.job_id, r.event_id, r.available_at, r.available_at, now)
                  for r in runs])
+            _waits.insert_run_extras(conn, runs, now)
 
         await self._writer.run(op)
         self._changed.set()
+
+    # -- waits for events and timeouts (see stores._sqlite_waits) ------------------
+
+    async def suspend_for_events(self, lease: Lease, waits: Sequence[NewWait], *,
+                                 available_at: int, choose: WaitChooser) -> bool:
+        resumed: bool | None = await self._writer.run(lambda conn: _waits.suspend_for_events(
+            conn, lease, waits, available_at, choose, _now_ms()))
+        if resumed is None:
+            raise _lease_lost(lease)
+        if resumed:
+            self._changed.set()
+        return resumed
+
+    async def resolve_wait(self, lease: Lease, wait: NewWait, *, choose: WaitChooser,
+                           expire: bool) -> StepRecord | None:
+        done: StepRecord | bool | None = await self._writer.run(
+            lambda conn: _waits.resolve_wait(conn, lease, wait, choose, expire, _now_ms()))
+        if done is False:
+            raise _lease_lost(lease)
+        return done if isinstance(done, StepRecord) else None
+
+    async def due_deadlines(self, now_ms: int, limit: int) -> list[DeadlineRow]:
+        return await self._read(lambda conn: _waits.due_deadlines(conn, now_ms, limit))
+
+    async def move_deadlines(self, moves: Sequence[tuple[str, int | None]]) -> None:
+        if moves:
+            await self._writer.run(lambda conn: _waits.move_deadlines(conn, moves))
 
     async def prune(self, *, older_than_ms: int, batch_size: int = 1000) -> int:
         """Delete finished runs (and steps) older than the cutoff, then unreferenced events.
@@ -496,6 +534,7 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
     accepted_ids: set[str] = set()
     duplicates: list[str] = []
     fresh: list[tuple[Any, ...]] = []
+    fresh_items: list[tuple[NewEvent, Sequence[NewRun]]] = []
     runs: list[tuple[Any, ...]] = []
     flowing: list[NewRun] = []
     stored = _stored_event_ids(conn, [event.id for event, _ in batch])
@@ -506,6 +545,7 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
             duplicates.append(event.id)
             continue
         fresh.append(row)
+        fresh_items.append((event, event_runs))
         accepted.append(event.id)
         accepted_ids.add(event.id)
         runs.extend((r.id, r.app_id, r.job_id, r.event_id, "queued", r.available_at,
@@ -521,7 +561,8 @@ def _publish(conn: sqlite3.Connection, batch: Sequence[tuple[NewEvent, Sequence[
         from stride.stores import _sqlite_flow
 
         runs += _sqlite_flow.publish_runs(conn, flowing, now)
-    return PublishResult(tuple(accepted), tuple(duplicates), len(runs))
+    checks = _waits.publish_waits(conn, fresh_items, now)
+    return PublishResult(tuple(accepted), tuple(duplicates), len(runs), checks)
 
 
 def _stored_event_ids(conn: sqlite3.Connection, event_ids: list[str]) -> set[str]:
@@ -636,6 +677,7 @@ def _prune_runs(conn: sqlite3.Connection, cutoff: int, batch_size: int) -> int:
         "'cancelled', 'skipped') ORDER BY ended_at LIMIT ?", (cutoff, batch_size))]
     conn.executemany("DELETE FROM steps WHERE run_id = ?", ids)
     conn.executemany("DELETE FROM run_events WHERE run_id = ?", ids)
+    _waits.prune_run_waits(conn, ids)
     conn.executemany("DELETE FROM runs WHERE id = ?", ids)
     return len(ids)
 
