@@ -182,14 +182,17 @@ class GroupCommitWriter:
         groups: dict[str, tuple[OpKind, list[Any]]] = {}
         for op in batch:
             groups.setdefault(op.kind.name, (op.kind, []))[1].append(op.item)
-        now = time.time_ns() // 1_000_000
-        wake = any(kind.wakes(items, now) for kind, items in groups.values())
         timeout = max(0.1, min(self._pool_timeout, min(op.deadline for op in batch)
                                 - time.monotonic()))
-        statements = [(kind.sql, kind.params(items, now)) for kind, items in groups.values()]
-        if wake:
-            statements.append((self._notify_sql, (self._channel,)))
         async with self._pool.connection(timeout=timeout) as conn:
+            # "now" (received_at, ended_at) is read once the connection is in hand, as close
+            # to the commit as the client can: a wait registered meanwhile compares its start
+            # time with these stamps
+            now = time.time_ns() // 1_000_000
+            statements = [(kind.sql, kind.params(items, now))
+                          for kind, items in groups.values()]
+            if any(kind.wakes(items, now) for kind, items in groups.values()):
+                statements.append((self._notify_sql, (self._channel,)))
             rows = await transaction(conn, statements)
         self.stats.transactions += 1
         self.stats.ops += len(batch)
