@@ -25,6 +25,7 @@ from stride.stores.base import RUN_STATUSES, EventRow
 STATUS_STYLES: Mapping[str, str] = {
     "queued": "blue", "running": "yellow", "sleeping": "cyan", "waiting": "magenta",
     "completed": "green", "failed": "bold red", "cancelled": "dim", "retrying": "dark_orange",
+    "skipped": "dim italic",
 }
 
 
@@ -88,8 +89,11 @@ def runs_table(lines: list[RunLine], *, live: bool = False) -> Table:
     table.add_column("duration", justify="right", no_wrap=True)
     if live:
         table.add_column("step", overflow="fold")
+    reasons = any(line.reason for line in lines)
+    if reasons:  # flow control's decisions: skipped, delayed, debounced, cancelled
+        table.add_column("reason", overflow="fold", style="dim")
     for line in lines:
-        table.add_row(*_row(line, live=live))
+        table.add_row(*_row(line, live=live), *([Text(line.reason or "")] if reasons else []))
     return table
 
 
@@ -161,6 +165,8 @@ def _header(run: Run, event: EventRow | None) -> Table:
     title.append_text(status_text(run.status))
     grid.add_row(Text("run"), title)
     grid.add_row(Text("job"), Text(run.job_id))
+    if run.reason:
+        grid.add_row(Text("reason"), Text(run.reason))
     if event is not None:
         grid.add_row(Text("event"), Text(f"{event.name}  {event.id}  "
                                          f"at {format_time(event.ts)}"))

@@ -36,6 +36,8 @@ class RunLine:
     step_error: str | None
     """The latest error of the current step while it is being retried."""
     error: str | None
+    reason: str | None = None
+    """Why flow control delayed, skipped or cancelled the run."""
 
     @classmethod
     def from_run(cls, run: Run, event_name: str, now_ms: int) -> RunLine:
@@ -45,7 +47,7 @@ class RunLine:
                    duration_ms=elapsed_ms(run, now_ms), step_id=step.id if step else None,
                    step_status=step.status if step else None,
                    step_error=_error_text(step.errors[-1]) if step and step.errors else None,
-                   error=error_line(run))
+                   error=error_line(run), reason=run.reason)
 
 
 def highest_attempt(run: Run) -> int:

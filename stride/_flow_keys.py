@@ -11,6 +11,8 @@ events share one limit, rather than the dispatch failing for a job the caller ma
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -22,6 +24,7 @@ from stride.expressions import Expression, ExpressionError
 from stride.flow import MAX_PRIORITY_SECONDS, Concurrency, FlowControl, RateLimit, Throttle
 from stride.jobs import Job
 
+_PATH = re.compile(r"event((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 """`idempotency=`: one run per key per 24 hours, as in Inngest."""
 
@@ -43,11 +46,33 @@ def key_value(expression: Expression | None, event: Mapping[str, Any]) -> str:
     """An expression's value as a key: strings as they are, other values as JSON."""
     if expression is None:
         return ""
+    path = _plain_path(expression.source)
     try:
-        value = expression.evaluate(event=event)
-    except ExpressionError:
+        value = _lookup(event, path) if path else expression.evaluate(event=event)
+    except (ExpressionError, KeyError, TypeError):
         return ""
     return value if isinstance(value, str) else _codec.dumps_str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_path(source: str) -> tuple[str, ...] | None:
+    """`event.data.user_id` as ("data", "user_id"); None for anything but a plain path.
+
+    Most keys are plain paths, and looking them up in the event's dicts gives what CEL
+    gives (a missing field is an error either way) at a fraction of the cost: the CEL
+    binding converts the whole event on every call (~90 us against ~1 us).
+    """
+    match = _PATH.fullmatch(source.strip())
+    return tuple(match.group(1)[1:].split(".")) if match else None
+
+
+def _lookup(event: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = event
+    for part in path:
+        if not isinstance(value, Mapping):
+            raise TypeError(part)
+        value = value[part]
+    return value
 
 
 def concurrency_key(app_id: str, job_id: str, index: int, limit: Concurrency, value: str) -> str:

@@ -59,6 +59,8 @@ class Run:
     started_at: int | None
     ended_at: int | None
     steps: list[StepInfo]
+    reason: str | None = None
+    """Why flow control delayed, skipped, merged or cancelled the run (None if it did not)."""
 
     @property
     def finished(self) -> bool:
@@ -85,4 +87,4 @@ class Run:
             output=_codec.loads(row.output_json), error=_codec.loads(row.error_json),
             errors=errors, attempts=len(errors),
             created_at=row.created_at, started_at=row.started_at, ended_at=row.ended_at,
-            steps=[StepInfo.from_record(step) for step in row.steps])
+            steps=[StepInfo.from_record(step) for step in row.steps], reason=row.reason)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 RunStatusName = Literal["queued", "running", "sleeping", "waiting", "completed", "failed",
-                        "cancelled"]
+                        "cancelled", "skipped"]
 MAX_PAGE = 200
 MAX_BULK = 10_000
 
@@ -55,6 +55,8 @@ class RunSummary(ApiModel):
     ended_at: int | None
     duration_ms: int | None
     error: ErrorInfo | None
+    reason: str | None = Field(
+        default=None, description="why flow control delayed, skipped, merged or cancelled it")
 
 
 class StepAttempt(ApiModel):

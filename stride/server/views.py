@@ -46,7 +46,7 @@ def run_summary(row: RunRow) -> RunSummary:
         id=row.id, job_id=row.job_id, event_id=row.event_id, status=row.status,
         attempts=row.attempt, created_at=row.created_at, started_at=row.started_at,
         ended_at=row.ended_at, duration_ms=_duration(row.started_at, row.ended_at),
-        error=_error(_codec.loads(row.error_json)))
+        error=_error(_codec.loads(row.error_json)), reason=row.reason)
 
 
 def run_detail(row: RunRow, event: EventRow | None) -> RunDetail:

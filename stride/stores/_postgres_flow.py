@@ -114,18 +114,26 @@ class FlowStatements:
 
 
 def _candidates(s: str) -> str:
-    # the keys freed since the last claim, and the due runs in rank order (below PARK: the
-    # parked ones are out of the way), locked so concurrent claimers take different ones
+    # The keys freed since the last claim (taken off the queue), the oldest parked runs of
+    # each (up to its limit: they come first, they waited longest), and the due runs in
+    # rank order below PARK; all locked, so concurrent claimers take different ones.
+    run_columns = "id, job_id, started_at, rank, ckey, clim, ckey2, clim2, parked_on"
+    mine = "app_id = %(app)s AND job_id = ANY(%(jobs)s::text[]) AND available_at <= %(now)s"
     return (
         f"WITH freed AS (DELETE FROM {s}.flow_freed WHERE id IN (SELECT id FROM "
         f"{s}.flow_freed ORDER BY id LIMIT {FREED_BATCH} FOR UPDATE SKIP LOCKED) "
         "RETURNING ckey, lim), "
-        f"due AS (SELECT id, job_id, started_at, rank, ckey, clim, ckey2, clim2 FROM {s}.runs "
-        f"WHERE {_CLAIMABLE} AND available_at <= %(now)s AND app_id = %(app)s "
-        "AND job_id = ANY(%(jobs)s::text[]) AND rank < %(park)s ORDER BY rank "
-        "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-        "SELECT 'c', id, job_id, started_at IS NOT NULL, ckey, clim, ckey2, clim2 FROM due "
-        "UNION ALL SELECT 'f', NULL, NULL, NULL, ckey, lim, NULL, NULL FROM freed")
+        "keys AS (SELECT ckey, max(lim) AS lim FROM freed GROUP BY ckey), "
+        f"heads AS (SELECT x.* FROM keys k CROSS JOIN LATERAL (SELECT {run_columns} "
+        f"FROM {s}.runs WHERE parked_on = k.ckey AND {_CLAIMABLE} AND rank >= %(park)s "
+        f"AND {mine} ORDER BY rank LIMIT k.lim FOR UPDATE SKIP LOCKED) AS x), "
+        f"due AS (SELECT {run_columns} FROM {s}.runs WHERE {_CLAIMABLE} AND {mine} "
+        "AND rank < %(park)s ORDER BY rank LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+        "SELECT 'h', id, job_id, started_at IS NOT NULL, rank, ckey, clim, ckey2, clim2, "
+        "parked_on FROM heads "
+        "UNION ALL SELECT 'c', id, job_id, started_at IS NOT NULL, rank, ckey, clim, ckey2, "
+        "clim2, parked_on FROM due "
+        "UNION ALL SELECT 'f', NULL, NULL, NULL, NULL, ckey, lim, NULL, NULL, NULL FROM keys")
 
 
 def _running(s: str) -> str:
@@ -159,21 +167,23 @@ def _apply(s: str) -> str:
     release = (
         "SELECT x.id FROM unnest(%(free_keys)s::text[], %(free_counts)s::int[]) AS u(key, n) "
         f"CROSS JOIN LATERAL (SELECT id FROM {s}.runs WHERE parked_on = u.key AND {_CLAIMABLE} "
-        "AND rank >= %(park)s ORDER BY rank LIMIT u.n FOR UPDATE SKIP LOCKED) AS x")
+        "AND rank >= %(park)s AND id <> ALL(%(seen)s::text[]) ORDER BY rank LIMIT u.n "
+        "FOR UPDATE SKIP LOCKED) AS x UNION ALL SELECT unnest(%(released)s::text[])")
     return (
         f"WITH leased AS (UPDATE {s}.runs r SET status = 'running', lease_owner = %(worker)s, "
         "lease_token = %(token)s, lease_expires_at = %(expires)s, "
-        "started_at = coalesce(r.started_at, %(now)s), parked_on = NULL "
+        "started_at = coalesce(r.started_at, %(now)s), parked_on = NULL, "
+        "rank = CASE WHEN r.rank >= %(park)s THEN r.rank - %(park)s ELSE r.rank END "
         "WHERE r.id = ANY(%(taken)s::text[]) AND r.status IN ('queued', 'sleeping', 'waiting') "
         "RETURNING r.id, r.job_id, r.event_id, r.attempt, r.errors, r.created_at, r.rank), "
-        f"parked AS (UPDATE {s}.runs r SET rank = r.rank + %(park)s, parked_on = p.key, "
-        "reason = p.reason FROM unnest(%(parked)s::text[], %(parked_keys)s::text[], "
-        "%(parked_reasons)s::text[]) AS p(id, key, reason) WHERE r.id = p.id "
-        "AND r.rank < %(park)s RETURNING 1), "
+        f"parked AS (UPDATE {s}.runs r SET parked_on = p.key, reason = p.reason, "
+        "rank = CASE WHEN r.rank < %(park)s THEN r.rank + %(park)s ELSE r.rank END "
+        "FROM unnest(%(parked)s::text[], %(parked_keys)s::text[], "
+        "%(parked_reasons)s::text[]) AS p(id, key, reason) WHERE r.id = p.id RETURNING 1), "
         f"bulk AS (UPDATE {s}.runs r SET rank = r.rank + %(park)s, parked_on = b.key, "
         f"reason = b.reason FROM ({bulk}) AS b WHERE r.id = b.id RETURNING 1), "
         f"released AS (UPDATE {s}.runs r SET rank = r.rank - %(park)s, parked_on = NULL "
-        f"FROM ({release}) AS u WHERE r.id = u.id RETURNING 1) "
+        f"FROM ({release}) AS u WHERE r.id = u.id AND r.rank >= %(park)s RETURNING 1) "
         "SELECT l.id, l.job_id, l.attempt, l.errors, l.created_at, "
         "CASE WHEN l.id = ANY(%(resumed)s::text[]) THEN (SELECT json_agg(json_build_array("
         f"{memo_columns}) ORDER BY m.position)::text FROM {s}.steps m WHERE m.run_id = l.id) "
@@ -288,24 +298,33 @@ async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
     async with conn.transaction():
         cur = await conn.execute(sql.candidates, {
             "now": p.now, "app": p.app_id, "jobs": p.job_ids, "park": PARK, "limit": p.limit})
-        found = await cur.fetchall()
-        candidates = [Candidate(r[1], r[2], _keys(r[4:])) for r in found if r[0] == "c"]
-        resumed = [r[1] for r in found if r[0] == "c" and r[3]]
-        freed: dict[str, int] = {}
-        for row in found:
-            if row[0] == "f":
-                freed[row[4]] = max(row[5], freed.get(row[4], 0))
-        keys = sorted({key for c in candidates for key, _ in c.keys} | set(freed))
+        found = _Found(await cur.fetchall())
         limited = sorted(job for job in set(p.job_ids) if job in p.limits)
         if limited:  # the plain claim's job locks, in the same (name) order
             await conn.execute(lock_jobs, (sql.schema, p.app_id, limited))
-        if keys:
-            await conn.execute(sql.lock_keys, (f"{sql.schema}/flow", keys))
-        running, job_free = await _counts(conn, sql, p, keys, limited)
-        admission = admit(candidates, running, job_free)
-        cur = await conn.execute(sql.apply, _apply_params(p, admission, candidates, resumed,
-                                                          unpark_counts(freed, admission.running)))
+        if found.keys:
+            await conn.execute(sql.lock_keys, (f"{sql.schema}/flow", found.keys))
+        running, job_free = await _counts(conn, sql, p, found.keys, limited)
+        admission = admit(found.candidates, running, job_free)
+        cur = await conn.execute(sql.apply, _apply_params(p, admission, found))
         return await cur.fetchall()
+
+
+class _Found:
+    """What the first statement found: parked heads of freed keys, then due runs (the
+    candidates, in that order), and the freed keys with their limits."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        heads = sorted((r for r in rows if r[0] == "h"), key=lambda r: r[4])
+        due = [r for r in rows if r[0] == "c"]
+        self.candidates = [Candidate(r[1], r[2], _keys(r[5:9])) for r in heads + due]
+        self.parked_on = {r[1]: r[9] for r in heads}
+        self.resumed = [r[1] for r in heads + due if r[3]]
+        self.freed: dict[str, int] = {}
+        for row in rows:
+            if row[0] == "f":
+                self.freed[row[5]] = max(row[6], self.freed.get(row[5], 0))
+        self.keys = sorted({key for c in self.candidates for key, _ in c.keys} | set(self.freed))
 
 
 def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
@@ -330,16 +349,24 @@ async def _counts(conn: psycopg.AsyncConnection[Any], sql: FlowStatements, p: Cl
     return running, job_free
 
 
-def _apply_params(p: ClaimParams, admission: Admission, candidates: list[Candidate],
-                  resumed: list[str], release: dict[str, int]) -> dict[str, Any]:
+def _apply_params(p: ClaimParams, admission: Admission, found: _Found) -> dict[str, Any]:
+    # a parked head held back by the key it is parked on stays; by another key, it moves
+    # there (that key's release will bring it back); by its job's limit, it is released
+    parked = [(run_id, key, limit) for run_id, key, limit in admission.parked
+              if found.parked_on.get(run_id) != key]
+    blocked = {run_id for run_id, _, _ in admission.parked}
+    released = [run_id for run_id in found.parked_on
+                if run_id not in blocked and run_id not in admission.taken]
+    release = unpark_counts(found.freed, admission.running)
     return {
         "worker": p.worker_id, "token": p.token, "expires": p.expires, "now": p.now,
-        "park": PARK, "taken": admission.taken, "resumed": resumed,
-        "parked": [run_id for run_id, _, _ in admission.parked],
-        "parked_keys": [key for _, key, _ in admission.parked],
-        "parked_reasons": [park_reason(key, limit) for _, key, limit in admission.parked],
+        "park": PARK, "taken": admission.taken, "resumed": found.resumed,
+        "parked": [run_id for run_id, _, _ in parked],
+        "parked_keys": [key for _, key, _ in parked],
+        "parked_reasons": [park_reason(key, limit) for _, key, limit in parked],
         "full_keys": list(admission.full),
         "full_reasons": [park_reason(key, limit) for key, limit in admission.full.items()],
-        "seen": [c.run_id for c in candidates],
+        "seen": [c.run_id for c in found.candidates],
         "free_keys": list(release), "free_counts": list(release.values()),
+        "released": released,
     }
