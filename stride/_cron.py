@@ -17,6 +17,7 @@ from typing import Any
 
 from stride import _codec
 from stride._ids import new_id
+from stride._waits import new_run
 from stride.jobs import CronTrigger, Job
 from stride.stores.base import NewEvent, NewRun, Store
 
@@ -76,4 +77,5 @@ class CronScheduler:
         data = {"job_id": job.id, "schedule": trigger.schedule, "tz": trigger.tz,
                 "tick": due.isoformat()}
         event = NewEvent(event_id, CRON_EVENT_NAME, _codec.dumps_str(data), None, now_ms)
-        return event, [NewRun(new_id(), self._app_id, job.id, event_id, now_ms)]
+        return event, [new_run(self._app_id, job, event_id, {"data": data, "user": None},
+                               now_ms, new_id())]

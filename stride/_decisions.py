@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stride.stores.base import RunStatus
+from stride.stores.base import NewWait, RunStatus, WaitChooser
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,9 @@ class Rescheduled:
     status: RunStatus
     attempt: int | None = None
     errors_json: str | None = None
+    waits: tuple[NewWait, ...] = ()
+    """Steps waiting for events: registered with the suspension (`suspend_for_events`)."""
+    choose: WaitChooser | None = None
 
 
 @dataclass(frozen=True, slots=True)

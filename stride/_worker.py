@@ -27,7 +27,11 @@ from stride._failures import describe_error
 from stride._flow_keys import is_keyed
 from stride._ids import new_id
 from stride._looper import Looper
+from stride._timeouts import TIMEOUTS_INTERVAL_SECONDS
+from stride._timeouts import enforce as enforce_timeouts
+from stride._waits import PublishBatch, finish_events
 from stride.errors import ConfigurationError, LeaseLost, StoreError
+from stride.executors._workflow import WorkflowHost
 from stride.executors.inprocess import run_claimed
 from stride.jobs import Job
 from stride.stores.base import ClaimedRun, Lease, Store
@@ -72,8 +76,10 @@ class Worker:
     """Executes the runs of `jobs` from `store` until stopped."""
 
     def __init__(self, *, app_id: str, jobs: Mapping[str, Job[Any, Any]], store: Store,
-                 logger: logging.Logger, options: WorkerOptions) -> None:
+                 logger: logging.Logger, options: WorkerOptions,
+                 host: WorkflowHost | None = None) -> None:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self._host = host  # lends send_event/invoke the app's dispatch and jobs
         self.app_id = app_id
         self.options = options
         self._jobs = dict(jobs)
@@ -97,6 +103,7 @@ class Worker:
         self._cron = CronScheduler(app_id=app_id, jobs=jobs, store=store)
         self._cron_looper = Looper("cron", CRON_INTERVAL_SECONDS, self._fire_cron)
         self._pruner = Looper("pruner", PRUNE_INTERVAL_SECONDS, self._prune)
+        self._timeouts = Looper("timeouts", TIMEOUTS_INTERVAL_SECONDS, self._enforce_timeouts)
 
     @property
     def active_runs(self) -> int:
@@ -110,6 +117,8 @@ class Worker:
         self._pruner.start()
         if self._cron.has_work:
             self._cron_looper.start()
+        if any(job.timeouts is not None for job in self._jobs.values()):
+            self._timeouts.start()
         self._claim_task = asyncio.create_task(self._claim_loop(), name="stride-claim")
         log.info("worker %s started (concurrency %d, jobs: %s)", self.id,
                  self.options.concurrency, ", ".join(sorted(self._jobs)) or "none")
@@ -134,6 +143,7 @@ class Worker:
         await self._reclaimer.stop()
         await self._cron_looper.stop()
         await self._pruner.stop()
+        await self._timeouts.stop()
         await self._audit.stop()  # after the last run: writes the bypass records left
         self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.id)
@@ -213,13 +223,14 @@ class Worker:
         try:
             decision = await run_claimed(self._store, job, claimed, app_id=self.app_id,
                                          threads=self._threads, logger=self._logger,
-                                         draining=lambda: self._draining)
+                                         draining=lambda: self._draining, host=self._host)
         except Exception as exc:  # an engine bug: never leave the run 'running' for ever
             log.exception("run %s: the executor failed", run_id)
             error = describe_error(exc, attempt=1, started_at=None, ended_at=_now_ms())
             decision = Failed(_codec.dumps_str(error), _codec.dumps_str([error]))
         try:
-            await self._apply(claimed.lease, decision)
+            await self._apply(claimed.lease, decision,
+                              finish_events(self.app_id, job, claimed, decision))
         except LeaseLost as exc:
             log.warning("%s", exc)
         except StoreError as exc:
@@ -229,14 +240,22 @@ class Worker:
             if log.isEnabledFor(logging.DEBUG):  # _describe runs before debug() would filter
                 log.debug("run %s of %s: %s", run_id, job.id, _describe(decision))
 
-    async def _apply(self, lease: Lease, decision: Decision) -> None:
+    async def _apply(self, lease: Lease, decision: Decision,
+                     publish: PublishBatch | None = None) -> None:
+        """`publish`: events that go out with the finish (an invoked run's result, the run
+        of an on-failure handler), in its transaction."""
         match decision:
             case Completed(output_json=output):
                 await self._store.finish(lease, status="completed", output_json=output,
-                                         error_json=None)
+                                         error_json=None, publish=publish or None)
             case Failed(error_json=error, errors_json=errors):
                 await self._store.finish(lease, status="failed", output_json=None,
-                                         error_json=error, errors_json=errors)
+                                         error_json=error, errors_json=errors,
+                                         publish=publish or None)
+            case Rescheduled(available_at=at, waits=waits, choose=choose) if waits:
+                assert choose is not None
+                await self._store.suspend_for_events(lease, waits, available_at=at,
+                                                     choose=choose)
             case Rescheduled(available_at=at, status=status, attempt=attempt, errors_json=errs):
                 await self._store.reschedule(lease, available_at=at, status=status,
                                              attempt=attempt, errors_json=errs)
@@ -274,6 +293,9 @@ class Worker:
             older_than_ms=int(self.options.retention_seconds * 1000), batch_size=500)
         if deleted:
             log.info("pruned %d finished runs and events older than the retention", deleted)
+
+    async def _enforce_timeouts(self) -> None:
+        await enforce_timeouts(self._store)
 
     async def _fire_cron(self) -> None:
         await self._cron.tick()

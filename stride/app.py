@@ -21,6 +21,14 @@ from stride import _audit, _codec
 from stride._audit import AuditRecord
 from stride._flow_keys import FlowKeys, has_flow
 from stride._ids import new_id
+from stride._waits import (
+    FAILED_EVENT,
+    FAILURE_SUFFIX,
+    INVOKE_EVENT,
+    apply_cancel_checks,
+    event_dict,
+    new_run,
+)
 from stride._worker import Worker, WorkerOptions
 from stride.context import Context, SyncContext
 from stride.errors import (
@@ -61,6 +69,7 @@ from stride.stores.base import (
 from stride.stores.sqlite import default_sqlite_url
 
 M = TypeVar("M", bound=BaseModel)
+H = TypeVar("H", bound=Callable[..., Any])
 DataT = TypeVar("DataT")
 R = TypeVar("R")
 
@@ -200,7 +209,37 @@ class Stride:
                 self._routes.setdefault(trig.event, []).append((job, trig))
         if has_flow(job.flow):
             self._flows[id] = FlowKeys(job, self.app_id)
+        if job.on_failure is not None:
+            self._register_failure_handler(job)
         return job
+
+    def _register_failure_handler(self, job: Job[Any, Any]) -> None:
+        """The handler runs as its own job, `<job-id>-on-failure`, started by the failed
+        run's finish (not routed: dispatching its event by hand starts nothing)."""
+        failure_id = job.id + FAILURE_SUFFIX
+        if failure_id in self._jobs:
+            raise DuplicateJobError(f"job id {failure_id!r} (the on-failure handler of "
+                                    f"{job.id!r}) is defined twice in app {self.app_id!r}")
+        assert job.on_failure is not None
+        self._jobs[failure_id] = build_job(id=failure_id, handler=job.on_failure,
+                                           trigger=FAILED_EVENT, default_backoff=self.backoff)
+
+    def on_failure(self, job: Job[Any, Any]) -> Callable[[H], H]:
+        """Decorator form of `define_job(on_failure=...)`: the handler runs once after a run
+        of `job` failed for good, with `ctx.event.data` = {run_id, job_id, error, event}.
+
+        Example:
+            @jobs.on_failure(process)
+            async def process_failed(ctx: Context[dict[str, Any]]) -> None: ...
+        """
+        def register(handler: H) -> H:
+            if job.on_failure is not None:
+                raise ConfigurationError(f"job {job.id!r} already has an on_failure handler")
+            job.on_failure = handler
+            self._register_failure_handler(job)
+            return handler
+
+        return register
 
     # -- the store -------------------------------------------------------------
 
@@ -268,8 +307,10 @@ class Stride:
         if not batch:
             return []
         store = await self.store()
-        await store.publish(batch, dedupe_ms=self.dedupe_ms, conn=conn)
+        result = await store.publish(batch, dedupe_ms=self.dedupe_ms, conn=conn)
         store.notify_local()
+        if result.checks:  # cancel_on conditions with an if_ filter: CEL runs here
+            await apply_cancel_checks(store, result.checks)
         return [event.id for event, _ in batch]
 
     def dispatch_sync(self, event: EventType[Any] | str, data: Any = None, *,
@@ -315,11 +356,41 @@ class Stride:
         if any(trigger.condition is not None for _, trigger in routes):
             seen = {"id": event_id, "name": name, "data": data, "user": user, "ts": now}
             routes = [(job, trigger) for job, trigger in routes if trigger.matches(seen)]
-        runs = [NewRun(new_id(), self.app_id, job.id, event_id, now) for job, _ in routes]
+        runs = [self._new_run(job, event_id, data, user, now) for job, _ in routes]
         if self._flows and any(run.job_id in self._flows for run in runs):
             runs = self._with_flow(runs, {"id": event_id, "name": name, "data": data,
                                           "user": user, "ts": now})
         return new_event, runs
+
+    def _new_run(self, job: Job[Any, Any], event_id: str, data: Any, user: Any,
+                 now: int) -> NewRun:
+        if not job.cancel_on and job.timeouts is None:
+            return NewRun(new_id(), self.app_id, job.id, event_id, now)
+        return new_run(self.app_id, job, event_id, {"data": data, "user": user}, now, new_id())
+
+    def _child_run(self, job: Job[Any, Any] | str, data: Any, *, event_id: str,
+                   user: dict[str, Any] | None) -> tuple[NewEvent, list[NewRun]]:
+        """The event and run of an invoked job (`step.invoke`); data is validated against
+        the job's event model when it has exactly one."""
+        target = self._jobs.get(job if isinstance(job, str) else job.id)
+        if target is None:
+            raise ConfigurationError(f"step.invoke: no job {job!r} in app {self.app_id!r}; "
+                                     f"known: {sorted(self._jobs)}")
+        types = list(target.event_types.values())
+        if len(types) == 1:
+            payload = types[0].to_json_data(data)
+        elif isinstance(data, BaseModel):
+            payload = data.model_dump(mode="json")
+        elif isinstance(data, Mapping):
+            payload = dict(data)
+        else:
+            raise InvalidEventError(f"step.invoke of {target.id!r}: data must be a JSON "
+                                    f"object (dict), got {type(data).__name__}")
+        now = time.time_ns() // 1_000_000
+        event = NewEvent(event_id, INVOKE_EVENT, _codec.dumps_str(payload),
+                         _codec.dumps_str(user) if user is not None else None, now)
+        return event, [new_run(self.app_id, target, event_id, {"data": payload, "user": user},
+                               now, new_id())]
 
     def _with_flow(self, runs: list[NewRun], event: dict[str, Any]) -> list[NewRun]:
         """Attach each job's flow control, its keys evaluated against the event."""
@@ -363,7 +434,9 @@ class Stride:
         unknown = [job_id for job_id in job_ids if job_id not in self._jobs]
         if unknown:
             raise ConfigurationError(f"unknown job ids {unknown}; known: {sorted(self._jobs)}")
-        return {job_id: self._jobs[job_id] for job_id in job_ids}
+        selected = [*job_ids, *(job_id + FAILURE_SUFFIX for job_id in job_ids
+                                if job_id + FAILURE_SUFFIX in self._jobs)]  # with handlers
+        return {job_id: self._jobs[job_id] for job_id in selected}
 
     # -- runs ------------------------------------------------------------------
 
@@ -412,12 +485,16 @@ class Stride:
     async def replay(self, run_id: str) -> str:
         """Start a new run of the same job with the same event; returns the new run's id."""
         original = await self.get_run(run_id)
-        new_run = NewRun(new_id(), self.app_id, original.job_id, original.event_id,
-                         time.time_ns() // 1_000_000)
         store = await self.store()
-        await store.create_runs([new_run])
+        now = time.time_ns() // 1_000_000
+        job = self._jobs.get(original.job_id)
+        event = await store.get_event(original.event_id)
+        replayed = (new_run(self.app_id, job, original.event_id, event_dict(event), now,
+                            new_id()) if job is not None and event is not None else
+                    NewRun(new_id(), self.app_id, original.job_id, original.event_id, now))
+        await store.create_runs([replayed])
         store.notify_local()
-        return new_run.id
+        return replayed.id
 
     async def list_audit(self, *, run_id: str | None = None, tag: str | None = None,
                          limit: int = 100) -> list[AuditRecord]:
@@ -455,7 +532,8 @@ class WorkerHandle:
     async def start(self) -> Worker:
         store = await self._app.store()
         self.worker = Worker(app_id=self._app.app_id, jobs=self._jobs, store=store,
-                             logger=self._app.logger, options=self.options)
+                             logger=self._app.logger, options=self.options,
+                             host=_AppHost(self._app))
         await self.worker.start()
         return self.worker
 
@@ -478,6 +556,27 @@ class WorkerHandle:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop()
+
+
+class _AppHost:
+    """What the app lends its runs: dispatch (`step.send_event`) and its jobs (`step.invoke`)."""
+
+    def __init__(self, app: Stride) -> None:
+        self._app = app
+        self.dedupe_ms = app.dedupe_ms
+
+    async def send_from_run(self, events: Sequence[Any], *, id_prefix: str,
+                            user: dict[str, Any] | None) -> list[str]:
+        items = []
+        for index, item in enumerate(events):
+            event = self._app._outgoing(item)
+            items.append(OutgoingEvent(event.name, event.data, event.id or f"{id_prefix}:{index}",
+                                       event.user if event.user is not None else user))
+        return await self._app.dispatch_many(items)
+
+    def child_run(self, job: Job[Any, Any] | str, data: Any, *, event_id: str,
+                  user: dict[str, Any] | None) -> tuple[NewEvent, list[NewRun]]:
+        return self._app._child_run(job, data, event_id=event_id, user=user)
 
 
 class _SyncPortal:

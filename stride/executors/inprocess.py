@@ -25,6 +25,7 @@ from stride._current import RunScope, current_run
 from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
 from stride._failures import describe_error
 from stride._replay import Memo, RunLost, StepCall, Suspend
+from stride._waits import INVOKE_EVENT
 from stride.context import Context, RunLogger, SyncContext
 from stride.errors import (
     LeaseLost,
@@ -35,9 +36,10 @@ from stride.errors import (
     StoreError,
 )
 from stride.events import Event
+from stride.executors._workflow import WorkflowHost, WorkflowSteps
 from stride.jobs import Job
 from stride.step import Step, SyncStep
-from stride.stores.base import ClaimedRun, EventRow, StepRecord, Store
+from stride.stores.base import ClaimedRun, EventRow, NewWait, StepRecord, Store
 
 log = logging.getLogger("stride.executor")
 _PLAIN_TYPES: frozenset[Any] = frozenset({None, Any, dict, list, str, int, float, bool,
@@ -81,13 +83,15 @@ def restore(output_json: str | None, fn: Callable[..., Any]) -> Any:
     return value if adapter is None else adapter.validate_python(value)
 
 
-class RunExecution:
+class RunExecution(WorkflowSteps):
     """One execution of one claimed run: the step driver the step API talks to."""
 
     def __init__(self, store: Store, job: Job[Any, Any], claimed: ClaimedRun,
                  loop: asyncio.AbstractEventLoop, draining: Callable[[], bool],
-                 threads: Executor) -> None:
+                 threads: Executor, host: WorkflowHost | None = None) -> None:
         self.store = store
+        self.host = host
+        self._pending_waits: list[NewWait] = []
         self.job = job
         self.claimed = claimed
         self.loop = loop
@@ -107,10 +111,14 @@ class RunExecution:
         try:
             await self.store.checkpoint(self.claimed.lease, record)
         except StoreError as exc:
-            self._lost = str(exc)
-            self._still_ours = not isinstance(exc, LeaseLost)  # a store blip: give it back
-            raise RunLost(self._lost) from exc
+            raise self._lose(exc) from exc
         self.memo.record(record)
+
+    def _lose(self, exc: StoreError) -> RunLost:
+        """The run is lost to this worker after a store error (a store blip: give it back)."""
+        self._lost = str(exc)
+        self._still_ours = not isinstance(exc, LeaseLost)
+        return RunLost(self._lost)
 
     def begin(self, user_id: str) -> StepCall:
         if self._lost is not None:
@@ -236,7 +244,7 @@ class RunExecution:
             await self._settle_parallel_steps()
             if self._lost is not None:
                 return self._abandoned()
-            return Rescheduled(suspend.available_at, suspend.status)
+            return self.suspended(suspend)
         except RunLost:
             return self._abandoned()
         except LeaseLost as exc:
@@ -273,6 +281,8 @@ class RunExecution:
 def _parse_event(job: Job[Any, Any], row: EventRow) -> Event[Any]:
     data: Any = _codec.loads(row.data_json)
     event_type = job.event_types.get(row.name)
+    if event_type is None and row.name == INVOKE_EVENT and len(job.event_types) == 1:
+        [event_type] = job.event_types.values()  # invoked: data was validated by its model
     if event_type is not None:
         data = event_type.parse(data)
     return Event(id=row.id, name=row.name, data=data, user=_codec.loads(row.user_json), ts=row.ts)
@@ -298,9 +308,11 @@ def build_context(execution: RunExecution, app_id: str, logger: logging.Logger,
 
 async def run_claimed(store: Store, job: Job[Any, Any], claimed: ClaimedRun, *, app_id: str,
                       threads: Executor, logger: logging.Logger,
-                      draining: Callable[[], bool]) -> Decision:
+                      draining: Callable[[], bool], host: WorkflowHost | None = None,
+                      ) -> Decision:
     """Execute one claimed run to its next decision (the worker applies it)."""
-    execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining, threads)
+    execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining, threads,
+                             host)
     try:  # a batched run's events (one read per batch; other runs carry their one event)
         batch = (await store.run_events(claimed.lease.run_id)
                  if job.flow.batch_events is not None else [])
