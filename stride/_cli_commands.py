@@ -1,5 +1,5 @@
-"""The one-shot CLI commands (`worker`, `send`, `runs`, `run`, `migrate`): each opens the
-store, does one thing through the public API, prints, and closes the store again.
+"""The one-shot CLI commands (`worker`, `send`, `runs`, `run`, `cancel`, `replay`, `migrate`):
+each opens the store, does one thing through the public API, prints, and closes it again.
 """
 
 from __future__ import annotations
@@ -187,6 +187,52 @@ async def audit(args: argparse.Namespace) -> None:
         console.print("no RLS bypass matches")
         return
     console.print(audit_table(records))
+
+
+async def cancel(args: argparse.Namespace) -> None:
+    """Cancel one run, or with --job every unfinished run of a job; prints what it cancelled."""
+    if (args.run_id is None) == (args.job is None):
+        raise ConfigurationError("give a run id, or --job JOB to cancel every unfinished run "
+                                 "of a job (not both)")
+    if args.run_id is not None and (args.since or args.until):
+        raise ConfigurationError("--since and --until go with --job, not with a run id")
+    app = await _app_for_runs(args)
+    try:
+        if args.run_id is not None:
+            if not await app.cancel(args.run_id, reason=args.reason, by="cli"):
+                _note(f"run {args.run_id} had already finished: nothing changed")
+                return
+            print(args.run_id)
+            return
+        cancelled = await app.cancel_many(job_id=args.job, since_ms=_since_ms(args.since),
+                                          until_ms=_since_ms(args.until), reason=args.reason,
+                                          by="cli")
+        for run_id in cancelled:
+            print(run_id)
+        _note(f"cancelled {len(cancelled)} unfinished runs of job {args.job!r}")
+    finally:
+        await app.aclose()
+
+
+async def replay(args: argparse.Namespace) -> None:
+    """Start a new run of the run's job with the same event; print the new run's id."""
+    app = await _app_for_runs(args)
+    try:
+        new_run_id = await app.replay(args.run_id)
+    finally:
+        await app.aclose()
+    print(new_run_id)
+    _note(f"run {args.run_id} replayed as run {new_run_id}")
+
+
+async def _app_for_runs(args: argparse.Namespace) -> Stride:
+    """APP (or a stand-in without jobs) on an existing database, opened."""
+    app = load_app(args.app) if args.app else None
+    url = resolve_database_url(args.database_url, app)
+    await (await open_store(url, must_exist=True)).close()  # no new empty database by a typo
+    app = use_database(app, url) if app is not None else Stride(CLI_APP_ID, database_url=url)
+    await open_app_store(app)
+    return app
 
 
 async def _open_for_reading(args: argparse.Namespace) -> Store:

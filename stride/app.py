@@ -484,14 +484,16 @@ class Stride:
 
     async def replay(self, run_id: str) -> str:
         """Start a new run of the same job with the same event; returns the new run's id."""
-        original = await self.get_run(run_id)
         store = await self.store()
+        original = await store.get_run(run_id)
+        if original is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
         now = time.time_ns() // 1_000_000
         job = self._jobs.get(original.job_id)
         event = await store.get_event(original.event_id)
-        replayed = (new_run(self.app_id, job, original.event_id, event_dict(event), now,
+        replayed = (new_run(original.app_id, job, original.event_id, event_dict(event), now,
                             new_id()) if job is not None and event is not None else
-                    NewRun(new_id(), self.app_id, original.job_id, original.event_id, now))
+                    NewRun(new_id(), original.app_id, original.job_id, original.event_id, now))
         await store.create_runs([replayed])
         store.notify_local()
         return replayed.id

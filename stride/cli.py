@@ -34,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Durable background jobs.")
     _add_common(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_worker, _add_dev, _add_serve, _add_send, _add_runs, _add_run, _add_audit,
-                _add_migrate):
+    for add in (_add_worker, _add_dev, _add_serve, _add_send, _add_runs, _add_run, _add_cancel,
+                _add_replay, _add_audit, _add_migrate):
         sub = add(commands)
         _add_common(sub, top=False)
     return parser
@@ -163,6 +163,32 @@ def _add_run(commands: Any) -> argparse.ArgumentParser:
     _add_busy_timeout(run)
     run.set_defaults(handler=_cli_commands.run)
     return run
+
+
+def _add_cancel(commands: Any) -> argparse.ArgumentParser:
+    cancel: argparse.ArgumentParser = commands.add_parser(
+        "cancel", help="cancel a run, or every unfinished run of a job (--job)",
+        description="Cancel one run (a running one stops before its next step), or with "
+                    "--job every unfinished run of that job created in the window.")
+    cancel.add_argument("run_id", metavar="ID", nargs="?", help="the run id")
+    cancel.add_argument("--job", metavar="JOB", help="instead of one run: this job's runs")
+    cancel.add_argument("--since", metavar="DURATION", help="with --job: created since, e.g. 10m")
+    cancel.add_argument("--until", metavar="DURATION",
+                        help="with --job: created before this long ago, e.g. 2m")
+    cancel.add_argument("--reason", default="cancelled from the command line",
+                        help="recorded as the run's error message")
+    _add_database_options(cancel)
+    cancel.set_defaults(handler=_cli_commands.cancel)
+    return cancel
+
+
+def _add_replay(commands: Any) -> argparse.ArgumentParser:
+    replay: argparse.ArgumentParser = commands.add_parser(
+        "replay", help="start a new run of a run's job with the same event; prints its id")
+    replay.add_argument("run_id", metavar="ID", help="the run to replay")
+    _add_database_options(replay)
+    replay.set_defaults(handler=_cli_commands.replay)
+    return replay
 
 
 def _add_migrate(commands: Any) -> argparse.ArgumentParser:

@@ -176,6 +176,40 @@ def test_run_shows_the_error_and_traceback_of_a_failed_run(sqlite_url: str,
     assert "Traceback (most recent call last)" in shown.stdout  # the run's error, in full
 
 
+def test_cancel_and_replay_runs_from_the_command_line(sqlite_url: str) -> None:
+    asyncio.run(dispatch(sqlite_url, "test/three-steps", times=3))
+    first, *others = sorted(run.id for run in _runs(sqlite_url))
+
+    one = stride(sqlite_url, "cancel", first, "--reason", "typo in the data")
+    bulk = stride(sqlite_url, "cancel", "--job", "three-steps", "--since", "10m")
+    replayed = stride(sqlite_url, "replay", first)
+
+    assert one.returncode == 0 and one.stdout == f"{first}\n", one.stderr
+    assert bulk.returncode == 0 and sorted(bulk.stdout.split()) == others, bulk.stderr
+    assert "cancelled 2 unfinished runs of job 'three-steps'" in bulk.stderr
+    assert replayed.returncode == 0, replayed.stderr
+    runs = {run.id: run for run in _runs(sqlite_url)}
+    assert runs[first].error == {**(runs[first].error or {}), "message": "typo in the data",
+                                 "by": "cli"}
+    new = runs[replayed.stdout.strip()]
+    assert (new.status, new.event_id) == ("queued", runs[first].event_id)
+    assert stride(sqlite_url, "cancel", first).stderr.startswith(
+        f"stride: run {first} had already finished")
+    assert_one_line_error(stride(sqlite_url, "cancel"), "give a run id, or --job")
+    assert_one_line_error(stride(sqlite_url, "replay", "no-such-run"), "no-such-run")
+
+
+def _runs(database_url: str) -> list[Run]:
+    async def runs() -> list[Run]:
+        app = Stride("observer", database_url=database_url)
+        try:
+            return [await app.get_run(run.id) for run in await app.get_runs(limit=100)]
+        finally:
+            await app.aclose()
+
+    return asyncio.run(runs())
+
+
 def test_runs_filters_by_job_status_and_age(sqlite_url: str) -> None:
     asyncio.run(dispatch(sqlite_url, "test/three-steps", times=3))
 
