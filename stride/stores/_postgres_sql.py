@@ -185,7 +185,10 @@ def _claim(s: str, *, limited: bool) -> str:
     # concurrency limit each get their own pick, capped by their free capacity, so a job at
     # its limit cannot crowd the others out of the batch (no starvation). The caller holds
     # the advisory locks of those jobs, so the running counts cannot change under it.
-    due = f"{_DUE} AND available_at <= %(now)s AND app_id = %(app)s"
+    # rank <= horizon: the index scan stops before runs that sleep or wait for later (their
+    # rank is their wake-up time; a priority moves a due run's rank by at most the horizon)
+    due = (f"{_DUE} AND rank <= %(horizon)s AND available_at <= %(now)s "
+           "AND app_id = %(app)s")
     unlimited = (f"SELECT * FROM (SELECT id, rank, started_at FROM {s}.runs WHERE {due} "
                  "AND job_id = ANY(%(jobs)s::text[]) ORDER BY rank LIMIT %(limit)s "
                  "FOR UPDATE SKIP LOCKED) AS a")

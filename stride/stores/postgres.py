@@ -34,6 +34,7 @@ import psycopg_pool
 from stride._audit import AuditRecord
 from stride._ids import new_id
 from stride.errors import ConfigurationError, StoreUnavailable
+from stride.flow import MAX_PRIORITY_SECONDS
 from stride.stores import _postgres_waits as _pg_waits
 from stride.stores._postgres_conn import (
     PgTarget,
@@ -307,6 +308,7 @@ class PostgresStore:
         self._limited_jobs.update(limited)
         params = {"now": now, "app": app_id, "limit": limit, "worker": worker_id,
                   "token": token, "expires": now + lease_ms,
+                  "horizon": now + MAX_PRIORITY_SECONDS * 1000,
                   "jobs": [job for job in job_ids if job not in concurrency],
                   "limited": limited, "caps": [concurrency[job] for job in limited]}
         try:

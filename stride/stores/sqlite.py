@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from stride._audit import AuditRecord
 from stride._ids import new_id
 from stride.errors import ConfigurationError, LeaseLost, StoreError
+from stride.flow import MAX_PRIORITY_SECONDS
 from stride.stores import _sqlite_waits as _waits
 from stride.stores._sqlite_writer import OpFailed, SqliteWriter, WriterStats, translate
 from stride.stores.base import (
@@ -55,6 +56,8 @@ T = TypeVar("T")
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 CHANGE_POLL_SECONDS = 0.005
 _CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
+RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
+"""A due run's rank is at most this far past now (a priority's largest delay)."""
 _RUN_COLUMNS = (
     "id, app_id, job_id, event_id, status, attempt, created_at, started_at, ended_at, "
     "available_at, output, error, errors, lease_owner, reason"
@@ -590,10 +593,13 @@ def _claim(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[
         marks = ",".join("?" * len(eligible))
         # INDEXED BY: given the choice, the planner takes runs_job_status and sorts every
         # queued run to return the first few (11 ms with 10,000 queued, against 0.3 ms)
+        # rank <= horizon: the scan stops before runs that sleep or wait for later (their rank
+        # is their wake-up time); without it 10,000 waiting runs cost every claim 1.5 ms
         rows = conn.execute(
             f"SELECT id, job_id, started_at FROM runs INDEXED BY runs_due WHERE {_CLAIMABLE} "
-            f"AND available_at <= ? AND app_id = ? AND job_id IN ({marks}) ORDER BY rank LIMIT ?",
-            (now, app_id, *eligible, want)).fetchall()
+            f"AND rank <= ? AND available_at <= ? AND app_id = ? AND job_id IN ({marks}) "
+            "ORDER BY rank LIMIT ?",
+            (now + RANK_HORIZON_MS, now, app_id, *eligible, want)).fetchall()
         taken, skipped = _take_within_capacity(rows, capacity)
         _lease_runs(conn, taken, worker_id, token, now, lease_ms)
         picked.extend(run_id for run_id, _ in taken)
