@@ -314,9 +314,14 @@ class Stride:
         return [event.id for event, _ in batch]
 
     def dispatch_sync(self, event: EventType[Any] | str, data: Any = None, *,
-                      id: str | None = None, user: Mapping[str, Any] | None = None) -> list[str]:
-        """`dispatch` for sync code (Django/Flask views, scripts); blocks until committed."""
-        return self._sync(self.dispatch(event, data, id=id, user=user))
+                      id: str | None = None, user: Mapping[str, Any] | None = None,
+                      conn: Any = None) -> list[str]:
+        """`dispatch` for sync code (Django/Flask views, scripts); blocks until committed.
+
+        On PostgreSQL `conn=` may be the app's sync psycopg connection (Django's
+        `connection.connection`): the event then commits with the app's transaction.
+        """
+        return self._sync(self.dispatch(event, data, id=id, user=user, conn=conn))
 
     def _sync(self, coro: Coroutine[Any, Any, R]) -> R:
         if self._portal is None:

@@ -43,7 +43,7 @@ def define_jobs(app: Stride) -> Stride:
     @app.define_job(id="limited", trigger="pg/limited", concurrency=2)
     async def limited(ctx: Context[dict[str, Any]]) -> str:
         """At most two runs at once, whichever worker process holds them."""
-        return await recorded(ctx, "work", 0.1)
+        return await recorded(ctx, "work", 0.4)  # long enough to overlap on a loaded machine
 
     @app.define_job(id="crashy", trigger="pg/crashy")
     async def crashy(ctx: Context[dict[str, Any]]) -> list[str]:
