@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stride.stores.base import NewWait, RunStatus, WaitChooser
+from stride.stores.base import NewWait, RunStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,6 @@ class Rescheduled:
     errors_json: str | None = None
     waits: tuple[NewWait, ...] = ()
     """Steps waiting for events: registered with the suspension (`suspend_for_events`)."""
-    choose: WaitChooser | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,10 +252,8 @@ class Worker:
                 await self._store.finish(lease, status="failed", output_json=None,
                                          error_json=error, errors_json=errors,
                                          publish=publish or None)
-            case Rescheduled(available_at=at, waits=waits, choose=choose) if waits:
-                assert choose is not None
-                await self._store.suspend_for_events(lease, waits, available_at=at,
-                                                     choose=choose)
+            case Rescheduled(available_at=at, waits=waits) if waits:
+                await self._store.suspend_for_events(lease, waits, available_at=at)
             case Rescheduled(available_at=at, status=status, attempt=attempt, errors_json=errs):
                 await self._store.reschedule(lease, available_at=at, status=status,
                                              attempt=attempt, errors_json=errs)

@@ -154,7 +154,7 @@ class WorkflowSteps:
         if not waits:
             return Rescheduled(suspend.available_at, suspend.status)
         at = min([suspend.available_at, *(wait.expires_at for wait in waits)])
-        return Rescheduled(at, "waiting", waits=tuple(waits), choose=chooser(self.trigger))
+        return Rescheduled(at, "waiting", waits=tuple(waits))
 
     # -- send_event ----------------------------------------------------------------------
 

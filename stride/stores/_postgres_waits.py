@@ -1,14 +1,14 @@
 """The PostgreSQL side of waits, cancel-on conditions and timeouts (see `stride._waits`).
 
 Publishes match waits inside their own statement, through the `publish_waits` function of
-migration 0005. A wait registration (`suspend`) and the resolution of a resumed run's open
-wait (`resolve`) run here, each as one transaction on a pooled connection: they need the
-executor's chooser (CEL `if_` filters) between reading candidates and writing the outcome.
+migration 0005. A wait registration (`suspend`) is two short transactions, the functions
+`suspend_waits` and `settle_waits` of migration 0007. The resolution of a resumed run's
+open wait (`resolve`) is one transaction here: it needs the executor's chooser (CEL `if_`
+filters) between reading the recorded events and writing the outcome.
 
-No lost wake-up under READ COMMITTED: `suspend` takes an exclusive transaction-level
-advisory lock per awaited event name (in name order) before it reads anything, and every
-publish takes the same locks shared before it looks up waits. Whichever comes second sees
-what the first committed.
+No lost wake-up under READ COMMITTED: every publish takes a transaction-level advisory lock
+per event name, shared, before it looks waits up; `settle_waits` takes it exclusively
+after the registration committed, before it looks for events the registration missed.
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ class WaitStatements:
         self.lock_names = (
             "SELECT pg_advisory_xact_lock(hashtext(%s || '/wait/' || u.name)) "
             "FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, n) ORDER BY u.n")
+        self.suspend_call = f"SELECT {s}.suspend_waits(%s, %s, %s::jsonb, %s)"
+        self.settle_call = f"SELECT {s}.settle_waits(%s, %s::text[], %s::text[], %s)"
         self.hold = (f"SELECT 1 FROM {s}.runs WHERE id = %s AND lease_token = %s "
                      "AND status = 'running' FOR UPDATE")
-        self.registered = (f"SELECT step_id FROM {s}.waits WHERE run_id = %s "
-                           "AND step_id = ANY(%s::text[])")
         self.upsert_steps = (
             f"INSERT INTO {s}.steps (run_id, step_id, position, kind, status, attempts, "
             "started_at, wake_at) SELECT u.run_id, u.step_id, u.position, u.kind, 'waiting', "
@@ -75,19 +75,6 @@ class WaitStatements:
                    "started_at bigint", "wake_at bigint") +
             " AS u ON CONFLICT (run_id, step_id) DO UPDATE SET status = 'waiting', "
             f"wake_at = excluded.wake_at WHERE {s}.steps.status <> 'completed'")
-        self.insert_wait = (
-            f"INSERT INTO {s}.waits (run_id, step_id, kind, event_name, match_path, "
-            "match_value, if_expr, started_at, expires_at) VALUES (%s, %s, 'event', %s, %s, "
-            "%s, %s, %s, %s) ON CONFLICT (run_id, step_id) DO UPDATE SET "
-            "event_name = excluded.event_name, match_path = excluded.match_path, "
-            "match_value = excluded.match_value, if_expr = excluded.if_expr, "
-            "started_at = excluded.started_at, expires_at = excluded.expires_at")
-        self.insert_path = (f"INSERT INTO {s}.wait_paths (event_name, match_path) "
-                            "VALUES (%s, %s) ON CONFLICT DO NOTHING")
-        self.received_since = (
-            f'SELECT id, name, data, "user", ts FROM {s}.events WHERE name = %s '
-            f'AND received_at >= %s AND received_at <= %s AND {s}.event_key(data, "user", %s) '
-            "= %s ORDER BY received_at, id")
         self.recorded_hits = (
             f'SELECT e.id, e.name, e.data, e."user", e.ts FROM {s}.wait_hits h '
             f"JOIN {s}.events e ON e.id = h.event_id WHERE h.run_id = %s AND h.step_id = %s "
@@ -98,11 +85,6 @@ class WaitStatements:
                          "ended_at = %s WHERE run_id = %s AND step_id = %s")
         self.forget_wait = f"DELETE FROM {s}.waits WHERE run_id = %s AND step_id = %s"
         self.forget_hits = f"DELETE FROM {s}.wait_hits WHERE run_id = %s AND step_id = %s"
-        self.give_back = (
-            f"UPDATE {s}.runs SET status = %s, available_at = %s, rank = %s, "
-            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
-            "WHERE id = %s AND lease_token = %s")
-        self.notify = "SELECT pg_notify(%s, '')"
         self.insert_cancels = (
             f"INSERT INTO {s}.waits (run_id, step_id, kind, event_name, match_path, "
             "match_value, if_expr, started_at, expires_at) SELECT c->>0, c->>1, 'cancel', "
@@ -137,35 +119,23 @@ class WaitStatements:
 
 
 async def suspend(conn: Conn, sql: WaitStatements, lease: Lease, waits: Sequence[NewWait],
-                  available_at: int, choose: WaitChooser, now: int) -> bool | None:
-    """Register `waits` and give the run back, in one transaction (see `Store`); None if the
-    lease is not ours any more."""
-    names = sorted({wait.event_name for wait in waits})
-    async with conn.transaction():
-        await conn.execute(sql.lock_names, (sql.schema, names))
-        if not await _holds(conn, sql, lease):
-            return None
-        cur = await conn.execute(sql.registered, (lease.run_id, [w.step.step_id for w in waits]))
-        registered = {row[0] for row in await cur.fetchall()}
-        await conn.execute(sql.upsert_steps, (_step_rows(lease.run_id, waits),))
-        resumed = False
-        for wait in waits:
-            if wait.step.step_id in registered:
-                candidates = await _recorded(conn, sql, lease.run_id, wait)
-            else:
-                candidates = await _register(conn, sql, lease.run_id, wait, now)
-            chosen = choose(wait, candidates) if candidates else None
-            if chosen is not None:
-                await _complete(conn, sql, lease.run_id, wait, event_json(chosen), now)
-                resumed = True
-            elif candidates:
-                await conn.execute(sql.drop_hits, (lease.run_id, wait.step.step_id,
-                                                   [event.id for event in candidates]))
-        status, at = ("queued", now) if resumed else ("waiting", available_at)
-        await conn.execute(sql.give_back, (status, at, at, lease.run_id, lease.token))
-        if resumed:
-            await conn.execute(sql.notify, (sql.schema,))
-    return resumed
+                  available_at: int, now: int) -> bool | None:
+    """Register `waits` and give the run back (`suspend_waits`, no lock), then look for the
+    events it may have missed under the lock (`settle_waits`): two short transactions, see
+    migration 0007. None if the lease is not ours any more; True if the run is due at once."""
+    pending = orjson.dumps([[w.step.step_id, w.step.position, w.step.kind, w.step.attempts,
+                             w.step.started_at or now, w.expires_at, w.event_name,
+                             w.match_path, w.match_value, w.if_expr] for w in waits]).decode()
+    cur = await conn.execute(sql.suspend_call, (lease.run_id, lease.token, pending,
+                                                available_at))
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return None
+    fresh = orjson.loads(row[0])
+    cur = await conn.execute(sql.settle_call, (lease.run_id, [w.step.step_id for w in waits],
+                                               fresh, now))
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 async def resolve(conn: Conn, sql: WaitStatements, lease: Lease, wait: NewWait,
@@ -173,7 +143,8 @@ async def resolve(conn: Conn, sql: WaitStatements, lease: Lease, wait: NewWait,
     """Complete a resumed run's open wait from the events recorded for it (or with null if
     it expired); False if the lease is not ours any more."""
     async with conn.transaction():
-        await conn.execute(sql.lock_names, (sql.schema, [wait.event_name]))
+        if expire:  # an event of just before the expiry may still be committing: wait for it
+            await conn.execute(sql.lock_names, (sql.schema, [wait.event_name]))
         if not await _holds(conn, sql, lease):
             return False
         candidates = await _recorded(conn, sql, lease.run_id, wait)
@@ -197,20 +168,6 @@ def _step_rows(run_id: str, waits: Sequence[NewWait]) -> str:
     return orjson.dumps([[run_id, w.step.step_id, w.step.position, w.step.kind,
                           w.step.attempts, w.step.started_at, w.step.wake_at]
                          for w in waits]).decode()
-
-
-async def _register(conn: Conn, sql: WaitStatements, run_id: str, wait: NewWait,
-                    now: int) -> list[EventRow]:
-    """Store the wait; return the events received since its step started that match it
-    (the moment between the handler's call and this transaction)."""
-    await conn.execute(sql.insert_wait, (
-        run_id, wait.step.step_id, wait.event_name, wait.match_path, wait.match_value,
-        wait.if_expr, wait.step.started_at, wait.expires_at))
-    await conn.execute(sql.insert_path, (wait.event_name, wait.match_path))
-    cur = await conn.execute(sql.received_since, (
-        wait.event_name, wait.step.started_at or now, min(now, wait.expires_at),
-        wait.match_path, wait.match_value))
-    return [EventRow(*row) for row in await cur.fetchall()]
 
 
 async def _recorded(conn: Conn, sql: WaitStatements, run_id: str,

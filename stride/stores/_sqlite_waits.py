@@ -81,7 +81,7 @@ def match_published(conn: sqlite3.Connection, events: Sequence[NewEvent],
     for name, path in paths:
         for hit in _hits_on(conn, by_name[name], name, path, documents):
             hits.setdefault((hit.run_id, hit.step_id), hit)
-    return _apply_hits(conn, list(hits.values()), now)
+    return _apply_hits(conn, list(hits.values()), now) if hits else ()
 
 
 def _hits_on(conn: sqlite3.Connection, events: list[NewEvent], name: str, path: str,
@@ -128,10 +128,12 @@ def _apply_hits(conn: sqlite3.Connection, hits: list[_Hit], now: int) -> tuple[C
             "lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND status NOT IN "
             "('completed', 'failed', 'cancelled', 'skipped')",
             (cancelled_by(event.id, event.name, now), now, run_id))
-    _forget_runs(conn, stale | set(cancels))
+    if stale or cancels:
+        _forget_runs(conn, stale | set(cancels))
     events = [hit for hit in hits if hit.kind == "event" and hit.run_id not in cancels
               and hit.run_id not in stale and hit.expires_at >= now]
-    _complete_or_record(conn, events, now)
+    if events:
+        _complete_or_record(conn, events, now)
     return tuple(checks)
 
 
@@ -172,8 +174,13 @@ def prune_run_waits(conn: sqlite3.Connection, run_ids: Sequence[tuple[str]]) -> 
 # -- a run suspends on waits, or resumes with one still open -------------------------------
 
 def suspend_for_events(conn: sqlite3.Connection, lease: Lease, waits: Sequence[NewWait],
-                       available_at: int, choose: WaitChooser, now: int) -> bool | None:
-    """Register `waits` and give the run back; None if the lease is not ours any more."""
+                       available_at: int, now: int) -> bool | None:
+    """Register `waits` and give the run back; None if the lease is not ours any more.
+
+    Events that match a wait and came before this transaction (since its step started, or
+    recorded while the run was running) count as if they came now: a wait without `if_`
+    completes with the first, one with `if_` keeps them for the executor and the run is due.
+    """
     if not _holds(conn, lease):
         return None
     resumed = False
@@ -181,17 +188,15 @@ def suspend_for_events(conn: sqlite3.Connection, lease: Lease, waits: Sequence[N
         registered = conn.execute("SELECT 1 FROM waits WHERE run_id = ? AND step_id = ?",
                                   (lease.run_id, wait.step.step_id)).fetchone() is not None
         _upsert_step(conn, lease.run_id, wait.step)
-        if registered:
-            candidates = _recorded_hits(conn, lease.run_id, wait)
-        else:
+        if not registered:
             _insert_wait(conn, lease.run_id, wait)
-            candidates = _received_since(conn, wait, now)
-        chosen = choose(wait, candidates) if candidates else None
-        if chosen is not None:
-            _complete(conn, lease.run_id, wait, event_json(chosen), now)
-            resumed = True
-        elif registered:
-            _drop_hits(conn, lease.run_id, wait, candidates)
+            conn.executemany("INSERT OR IGNORE INTO wait_hits (run_id, step_id, event_id) "
+                             "VALUES (?, ?, ?)", [(lease.run_id, wait.step.step_id, event.id)
+                                                  for event in _received_since(conn, wait, now)])
+        candidates = _recorded_hits(conn, lease.run_id, wait)
+        if candidates and wait.if_expr is None:
+            _complete(conn, lease.run_id, wait, event_json(candidates[0]), now)
+        resumed = resumed or bool(candidates)
     status, at = ("queued", now) if resumed else ("waiting", available_at)
     conn.execute(
         "UPDATE runs SET status = ?, available_at = ?, rank = ?, lease_owner = NULL, "

@@ -284,16 +284,16 @@ class Store(Protocol):
 
     async def suspend_for_events(
         self, lease: Lease, waits: Sequence[NewWait], *, available_at: int,
-        choose: WaitChooser,
     ) -> bool:
-        """Register `waits` and give the run back as 'waiting' until `available_at`, in one
-        transaction. Raises `LeaseLost` if the run is no longer ours.
+        """Register `waits` and give the run back as 'waiting' until `available_at`.
+        Raises `LeaseLost` if the run is no longer ours.
 
-        No lost wake-up: a wait registered for the first time is also matched against the
-        events received since its step started (and one registered before, against the
-        events recorded for it while its run was not waiting); if `choose` picks one, the
-        step completes with it and the run is due at once instead (returns True). On
-        PostgreSQL this is serialised with publishes of the same event names.
+        No lost wake-up: events that match a wait and came before it was registered (since
+        its step started, or while its run was running) count as if they came after: a wait
+        without `if_` completes with the first of them, one with `if_` keeps them for
+        `resolve_wait`, and the run is due at once (returns True). SQLite does it in one
+        transaction; PostgreSQL registers, then looks for such events under an exclusive
+        advisory lock per event name that every publish of that name takes shared.
         """
         ...
 

@@ -432,11 +432,10 @@ class PostgresStore:
     # -- waits for events and timeouts (see stores._postgres_waits) ------------------
 
     async def suspend_for_events(self, lease: Lease, waits: Sequence[NewWait], *,
-                                 available_at: int, choose: WaitChooser) -> bool:
+                                 available_at: int) -> bool:
         try:
             resumed = await self._with_conn(lambda conn: _pg_waits.suspend(
-                conn, self._wait_sql, lease, waits, available_at, choose, _now_ms()),
-                retry=False)
+                conn, self._wait_sql, lease, waits, available_at, _now_ms()), retry=False)
         except StoreUnavailable:
             self._orphans.add_leases([lease])  # it may still be ours: give it back later
             raise

@@ -368,9 +368,9 @@ class SqliteStore:
     # -- waits for events and timeouts (see stores._sqlite_waits) ------------------
 
     async def suspend_for_events(self, lease: Lease, waits: Sequence[NewWait], *,
-                                 available_at: int, choose: WaitChooser) -> bool:
+                                 available_at: int) -> bool:
         resumed: bool | None = await self._writer.run(lambda conn: _waits.suspend_for_events(
-            conn, lease, waits, available_at, choose, _now_ms()))
+            conn, lease, waits, available_at, _now_ms()))
         if resumed is None:
             raise _lease_lost(lease)
         if resumed:

@@ -51,7 +51,7 @@ async def suspended(store: Store, *waits: NewWait) -> ClaimedRun:
     await enqueue(store)
     [claimed] = await claim(store)
     resumed = await store.suspend_for_events(
-        claimed.lease, waits, available_at=min(w.expires_at for w in waits), choose=CHOOSE)
+        claimed.lease, waits, available_at=min(w.expires_at for w in waits))
     assert resumed is False
     return claimed
 
@@ -110,7 +110,7 @@ async def test_an_event_received_before_registration_is_not_lost(store: Store) -
     await store.publish([(early, [])], dedupe_ms=60_000)  # ... then the event came
 
     resumed = await store.suspend_for_events(claimed.lease, [pending],
-                                             available_at=now_ms() + 60_000, choose=CHOOSE)
+                                             available_at=now_ms() + 60_000)
 
     assert resumed is True
     status, step = await status_and_step(store, claimed.lease.run_id)
@@ -129,14 +129,13 @@ async def test_an_event_for_a_running_run_is_kept_for_its_next_suspension(store:
     pending = wait()
     await enqueue(store)
     [claimed] = await claim(store)
-    await store.suspend_for_events(claimed.lease, [pending], available_at=now_ms(),
-                                   choose=CHOOSE)
+    await store.suspend_for_events(claimed.lease, [pending], available_at=now_ms())
     [again] = await claim(store)  # it resumes (due for another reason) ...
     await store.publish([(done_event("u1"), [])], dedupe_ms=60_000)  # ... and this comes
     assert (await status_and_step(store, claimed.lease.run_id))[1].status == "waiting"
 
     resumed = await store.suspend_for_events(again.lease, [pending],
-                                             available_at=now_ms() + 60_000, choose=CHOOSE)
+                                             available_at=now_ms() + 60_000)
 
     assert resumed is True
     assert (await status_and_step(store, claimed.lease.run_id))[1].status == "completed"
@@ -165,7 +164,7 @@ async def test_an_if_filter_is_decided_by_the_chooser(store: Store) -> None:
     [again] = await claim(store)
     assert await store.resolve_wait(again.lease, pending, choose=CHOOSE, expire=False) is None
     assert await store.suspend_for_events(again.lease, [pending],
-                                          available_at=now_ms() + 60_000, choose=CHOOSE) is False
+                                          available_at=now_ms() + 60_000) is False
     match = done_event("u1")
 
     await store.publish([(match, [])], dedupe_ms=60_000)
@@ -176,13 +175,30 @@ async def test_an_if_filter_is_decided_by_the_chooser(store: Store) -> None:
     assert json.loads(done.output_json)["id"] == match.id
 
 
+async def test_an_early_event_for_an_if_wait_wakes_the_run_for_the_chooser(store: Store,
+                                                                            ) -> None:
+    await enqueue(store)
+    [claimed] = await claim(store)
+    pending = wait(user=None, started_at=now_ms() - 5, if_expr="async.data.user == 'u1'")
+    early = done_event("u1")
+    await store.publish([(early, [])], dedupe_ms=60_000)
+
+    assert await store.suspend_for_events(claimed.lease, [pending],
+                                          available_at=now_ms() + 60_000) is True
+
+    assert (await status_and_step(store, claimed.lease.run_id))[1].status == "waiting"
+    [again] = await claim(store)
+    done = await store.resolve_wait(again.lease, pending, choose=CHOOSE, expire=False)
+    assert done is not None and done.output_json is not None
+    assert json.loads(done.output_json)["id"] == early.id
+
+
 async def test_suspending_a_run_that_is_not_ours_raises(store: Store) -> None:
     await enqueue(store)
     [claimed] = await claim(store)
     await store.cancel_runs([claimed.lease.run_id], error_json="{}")
     with pytest.raises(LeaseLost):
-        await store.suspend_for_events(claimed.lease, [wait()], available_at=now_ms(),
-                                       choose=CHOOSE)
+        await store.suspend_for_events(claimed.lease, [wait()], available_at=now_ms())
 
 
 async def test_a_cancelled_waiting_run_is_not_woken_again(store: Store) -> None:
@@ -202,7 +218,7 @@ async def test_no_wake_up_is_lost_when_registrations_and_publishes_race(
 
     async def register(run: ClaimedRun, user: str) -> None:
         await store.suspend_for_events(run.lease, [wait(user=user, started_at=now_ms())],
-                                       available_at=now_ms() + 60_000, choose=CHOOSE)
+                                       available_at=now_ms() + 60_000)
 
     async def publish(user: str) -> None:
         await other_store.publish([(done_event(user), [])], dedupe_ms=60_000)
