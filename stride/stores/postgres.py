@@ -281,6 +281,8 @@ class PostgresStore:
             flowing = [run for event, runs in batch if event.id in fresh for run in runs
                        if run.flow is not None]
             created = await publish_runs(execute, self.flow_sql, flowing, now)
+            for sql, params in self._wait_sql.extras(flowing, now):  # cancel_on, timeouts
+                await execute(sql, params)
             return replace(result, runs_created=result.runs_created + created)
 
         async def own(connection: psycopg.AsyncConnection[Any]) -> PublishResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stride import Context, Stride, on_event
+from stride import Context, Priority, Stride, on_event
 from tests.conftest import eventually
 
 
@@ -17,6 +17,11 @@ def make_app(url: str) -> Stride:
     async def onboarding(ctx: Context[dict[str, Any]]) -> str:
         await ctx.step.sleep("wait-a-day", "1d")
         return "sent"
+
+    @jobs.define_job(id="urgent", trigger="ticket/opened", priority=Priority(run="60"),
+                     cancel_on=[on_event("ticket/closed", match="data.ticket")])
+    async def urgent(ctx: Context[dict[str, Any]]) -> None:
+        await ctx.step.sleep("escalate-later", "1h")
 
     @jobs.define_job(id="order", trigger="order/placed", cancel_on=[
         on_event("order/cancelled", if_="async.data.order == event.data.order")])
@@ -69,3 +74,25 @@ async def test_an_if_condition_is_evaluated_against_both_events(database_url: st
 
 async def _is(jobs: Stride, run_id: str, expected: str) -> bool:
     return await status(jobs, run_id) == expected
+
+
+async def test_runs_of_a_flow_controlled_job_are_cancelled_too(database_url: str) -> None:
+    jobs = make_app(database_url)
+    run_id = await start(jobs, "ticket/opened", {"ticket": "t1"})
+    await jobs.dispatch("ticket/closed", {"ticket": "t1"})
+    assert await status(jobs, run_id) == "cancelled"
+    await jobs.aclose()
+
+
+async def test_a_sleeping_run_cancelled_by_hand_stays_cancelled(database_url: str) -> None:
+    jobs = make_app(database_url)
+    run_id = await start(jobs, "user/signed.up", {"user_id": "u1"})
+    async with jobs.worker():
+        await eventually(lambda: _is(jobs, run_id, "sleeping"), what="sleep")
+        assert await jobs.cancel(run_id, reason="changed my mind")
+        await asyncio.sleep(0.2)
+    run = await jobs.get_run(run_id)
+    assert run.status == "cancelled" and run.error is not None
+    assert run.error["message"] == "changed my mind"
+    assert run.step("wait-a-day").status == "sleeping"
+    await jobs.aclose()
