@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 from stride import Context, Stride, Timeouts
+from stride._timeouts import check
+from stride.stores.base import DeadlineRow
 
 
 def make_app(url: str, gate: asyncio.Event, steps: list[str]) -> Stride:
@@ -82,3 +84,35 @@ async def test_a_running_run_past_its_finish_timeout_stops_at_its_next_step(
     assert steps == []
     assert (await jobs.get_run(run_id)).status == "cancelled"
     await jobs.aclose()
+
+
+# -- the check itself (pure) ---------------------------------------------------------------
+
+def row(*, status: str | None = "queued", created: int = 0, started: int | None = None,
+        start_ms: int | None = None, finish_ms: int | None = None) -> DeadlineRow:
+    return DeadlineRow("r1", 0, start_ms, finish_ms, status, created, started)
+
+
+def test_a_check_cancels_a_run_that_did_not_start_in_time() -> None:
+    reason, next_check = check(row(start_ms=600_000), now=600_000)
+    assert reason is not None and "not started within 10m" in reason and next_check is None
+    assert check(row(start_ms=600_000), now=599_999) == (None, 600_000)
+
+
+def test_a_check_cancels_a_run_that_did_not_finish_in_time() -> None:
+    reason, _ = check(row(status="sleeping", started=1_000, finish_ms=3_600_000),
+                      now=3_601_000)
+    assert reason is not None and "not finished within 1h of its start" in reason
+    assert check(row(status="running", started=1_000, finish_ms=3_600_000),
+                 now=5_000) == (None, 3_601_000)
+
+
+def test_a_run_not_started_yet_is_looked_at_again_when_it_could_first_overrun() -> None:
+    assert check(row(finish_ms=1_000), now=50) == (None, 1_050)
+    assert check(row(start_ms=10_000, finish_ms=1_000), now=50) == (None, 1_050)
+
+
+def test_a_finished_or_missing_run_needs_no_more_checks() -> None:
+    assert check(row(status="completed", start_ms=1), now=10) == (None, None)
+    assert check(row(status=None, start_ms=1), now=10) == (None, None)
+    assert check(row(status="running", started=5, start_ms=1), now=10) == (None, None)

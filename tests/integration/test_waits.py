@@ -168,3 +168,14 @@ async def _step_done(jobs: Stride, run_id: str, step_id: str) -> bool:
     run = await jobs.get_run(run_id)
     return any(step.id == step_id and step.status == "completed" for step in run.steps)
 
+
+
+def test_match_keys_keep_the_json_type() -> None:
+    from stride._waits import key_at, wait_key
+
+    assert wait_key("1") != wait_key(1)
+    assert wait_key(True) == "b:true" and wait_key(1.5) == "n:1.5"
+    assert wait_key(None) is None and wait_key({"a": 1}) is None
+    event = {"data": {"user": {"id": 7}}, "user": {"org": "o1"}}
+    assert key_at(event, "data.user.id") == "n:7" and key_at(event, "user.org") == "s:o1"
+    assert key_at(event, "data.missing") is None and key_at(event, "") == ""

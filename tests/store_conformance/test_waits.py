@@ -316,3 +316,19 @@ async def test_replayed_runs_get_their_extras_too(store: Store) -> None:
     await store.publish([(event(name="test/deleted"), [])], dedupe_ms=60_000)
     row = await store.get_run("replayed")
     assert row is not None and row.status == "cancelled"
+
+
+@pytest.mark.parametrize(("value", "same", "other"), [
+    (7, '{"n": 7}', '{"n": "7"}'), (1.5, '{"n": 1.5}', '{"n": 2.5}'),
+    (True, '{"n": true}', '{"n": "true"}'), ("x", '{"n": "x"}', '{"n": ["x"]}')])
+async def test_keys_of_numbers_booleans_and_strings_match_the_same_json_value(
+        store: Store, value: object, same: str, other: str) -> None:
+    started = now_ms()
+    pending = NewWait(StepRecord("wait", 0, "wait", "waiting", started_at=started,
+                                 wake_at=started + 60_000), "test/done", "data.n",
+                      wait_key(value) or "")
+    claimed = await suspended(store, pending)
+    await store.publish([(event(name="test/done", data_json=other), [])], dedupe_ms=60_000)
+    assert (await status_and_step(store, claimed.lease.run_id))[0] == "waiting"
+    await store.publish([(event(name="test/done", data_json=same), [])], dedupe_ms=60_000)
+    assert (await status_and_step(store, claimed.lease.run_id))[0] == "queued"
