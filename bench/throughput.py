@@ -122,11 +122,14 @@ def _report_writes(probe: Probe, target: Target, stats: list[dict[str, float]],
         ops = sum(s["ops"] for s in stats)
         waits = sum(s.get("lock_retries", 0) for s in stats)
         waited = sum(s.get("lock_wait_seconds", 0) for s in stats)
-        print(f"writes (workers only, sqlite3 total_changes and commits of each writer "
-              f"connection): {changed / events:.2f} rows changed/job, {ops / events:.2f} "
-              f"write ops/job, {tx} transactions = {events / max(tx, 1):.1f} jobs/transaction")
-        print(f"write lock: {waits} retries while another process held it, "
-              f"{waited:.3f} s waited in all")
+        counted = ("sqlite3 total_changes of each writer connection" if target.store == "sqlite"
+                   else "rows the writer's batched statements returned")
+        print(f"writes (workers only; transactions and ops each writer committed, rows = "
+              f"{counted}): {changed / events:.2f} rows/job, {ops / events:.2f} write ops/job, "
+              f"{tx} transactions = {events / max(tx, 1):.1f} jobs/transaction")
+        if "lock_retries" in stats[0]:  # SQLite only: PostgreSQL locks rows, not the file
+            print(f"write lock: {waits} retries while another process held it, "
+                  f"{waited:.3f} s waited in all")
         print("writes (dispatch): 1 transaction for the whole batch: "
               f"{rows['events']} event rows + {rows['runs']} run rows")
 
