@@ -127,16 +127,22 @@ class WorkflowSteps:
         return NewWait(step, event, path, key, if_)
 
     async def _await(self, wait: NewWait, recorded: StepRecord | None) -> StepRecord:
-        """The completed step if the wait is over; else suspend the run on it."""
-        if recorded is not None:  # resumed: woken by an event, by its timeout, or for a sibling
-            done = await self._resolve(wait, expire=_now_ms() >= wait.expires_at)
-            if done is not None:
-                return done
-        if self._draining():
-            raise Suspend(_now_ms(), "worker is shutting down")
-        self._pending_waits.append(wait)
-        raise Suspend(wait.expires_at, f"step {wait.step.step_id!r} waits for "
-                                       f"{wait.event_name!r}", "waiting")
+        """The completed step if the wait is over; else suspend the run on it. Counted as a
+        step in flight, so that a sibling's suspension (asyncio.gather) waits until this
+        wait is collected for registration."""
+        self._step_started()
+        try:
+            if recorded is not None:  # resumed: woken by an event, its timeout, or a sibling
+                done = await self._resolve(wait, expire=_now_ms() >= wait.expires_at)
+                if done is not None:
+                    return done
+            if self._draining():
+                raise Suspend(_now_ms(), "worker is shutting down")
+            self._pending_waits.append(wait)
+            raise Suspend(wait.expires_at, f"step {wait.step.step_id!r} waits for "
+                                           f"{wait.event_name!r}", "waiting")
+        finally:
+            self._step_settled()
 
     async def _resolve(self, wait: NewWait, *, expire: bool) -> StepRecord | None:
         try:
@@ -189,7 +195,11 @@ class WorkflowSteps:
         call = self.memo.next_call(user_id)
         record = call.recorded
         if record is None or record.status != "completed":
-            record = await self._invoke(call, job, data, timeout_ms)
+            self._step_started()  # in flight until its wait is collected (see `_await`)
+            try:
+                record = await self._invoke(call, job, data, timeout_ms)
+            finally:
+                self._step_settled()
         return _invoke_result(call.step_id, record.output_json, job)
 
     async def _invoke(self, call: StepCall, job: Job[Any, Any] | str, data: Any,

@@ -105,9 +105,9 @@ BEGIN
 END
 $fn$;
 
--- The publish side, as in 0005, but its lookup can no longer be planned as a scan of every
--- wait evaluating each event's key again (seen: 330 ms per publish with 2,000 waits): keys
--- are computed once per event and path, then each is one lookup in waits_match.
+-- The publish side, as in 0005, but nothing in it can be planned as a scan of all waits:
+-- keys are computed once per event and path, then each is one lookup in waits_match (seen
+-- before: 330 ms a publish with 2,000 waits), and the clean-up deletes join on the keys.
 CREATE OR REPLACE FUNCTION publish_waits(fresh jsonb, extras jsonb, now_ms bigint) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $fn$
 DECLARE
@@ -196,14 +196,15 @@ BEGIN
         SELECT id AS run_id FROM cancelled
         UNION SELECT run_id FROM hits
         WHERE status IS NULL OR status IN ('completed', 'failed', 'cancelled', 'skipped')
-    ), gone AS (
-        DELETE FROM waits w
-        WHERE (w.run_id, w.step_id) IN (SELECT run_id, step_id FROM done)
-           OR w.run_id IN (SELECT run_id FROM ended)
-    ), gone_hits AS (
-        DELETE FROM wait_hits w
-        WHERE (w.run_id, w.step_id) IN (SELECT run_id, step_id FROM done)
-           OR w.run_id IN (SELECT run_id FROM ended)
+    ), gone_done AS (  -- joins, not OR-ed IN lists (those were planned as a scan of waits)
+        DELETE FROM waits w USING done d WHERE w.run_id = d.run_id AND w.step_id = d.step_id
+    ), gone_ended AS (  -- `done` and `ended` are disjoint: no row is deleted twice
+        DELETE FROM waits w USING ended e WHERE w.run_id = e.run_id
+    ), gone_done_hits AS (
+        DELETE FROM wait_hits w USING done d
+        WHERE w.run_id = d.run_id AND w.step_id = d.step_id
+    ), gone_ended_hits AS (
+        DELETE FROM wait_hits w USING ended e WHERE w.run_id = e.run_id
     )
     SELECT json_agg(json_build_array(run_id, if_expr, event_id, name))::text INTO checks
     FROM hits
