@@ -10,7 +10,8 @@ For each N in --waiters, on a fresh store with one worker process:
    for, one `dispatch()` per event from --dispatchers concurrent tasks (median of 3 rounds).
    Each publish looks the waits of its name up through the (event name, match key) index,
    so this must not fall as N grows; it is printed next to the same rate on a store with
-   no waits at all (0 waiters, same worker running).
+   no waits at all (0 waiters), and also measured with the worker stopped (the publish
+   path alone: no claim after every commit competing for the lock or the CPU).
 3. Resume latency: the N matching events at --rate per second (open loop); per event,
    the handler's first line after the wait (wall clock, same machine) minus t0, the wall
    clock just before `dispatch()`. It covers the publish that completes the wait and makes
@@ -199,9 +200,12 @@ def measure(args: argparse.Namespace, waiters: int) -> dict[str, float]:
                            "status = 'waiting'", waiters, "runs waiting")
             setup = time.monotonic() - began
             time.sleep(1.0)  # the last registrations' second transactions (PostgreSQL)
-            rates = [asyncio.run(dispatch_rate(target.url, args.probe, args.dispatchers,
-                                               f"probe{index}")) for index in range(3)]
-            rate = statistics.median(rates)
+        # the publish path alone (no worker reacting to each commit), then with the worker
+        alone = statistics.median(asyncio.run(dispatch_rate(
+            target.url, args.probe, args.dispatchers, f"alone{index}")) for index in range(3))
+        with WorkerProcesses(target.url, args.workers, args.concurrency):
+            rate = statistics.median(asyncio.run(dispatch_rate(
+                target.url, args.probe, args.dispatchers, f"probe{index}")) for index in range(3))
             asyncio.run(dispatch_matches(target.url, waiters, args.rate))
             wait_for_count(probe, "SELECT count(*) FROM runs WHERE job_id = 'waiter' AND "
                            "status = 'completed'", waiters, "waiters resumed")
@@ -210,15 +214,17 @@ def measure(args: argparse.Namespace, waiters: int) -> dict[str, float]:
     finally:
         drop_target(target)
     if not waiters:
-        print(f"     0 waiters: dispatch {rate:,.0f} events/s ({args.dispatchers} concurrent "
-              f"dispatch() calls of one event, {args.probe} events, worker running)")
-        return {"rate": rate}
+        print(f"     0 waiters: dispatch {rate:,.0f} events/s with the worker running, "
+              f"{alone:,.0f} without ({args.dispatchers} concurrent dispatch() calls of one "
+              f"event, median of 3 x {args.probe} events)")
+        return {"rate": rate, "alone": alone}
     p = percentiles(latencies)
     print(f"{waiters:>6} waiters: all waiting {setup:6.2f} s after their dispatch "
-          f"({waiters / setup:,.0f} registrations/s); dispatch {rate:,.0f} events/s")
+          f"({waiters / setup:,.0f} registrations/s); dispatch {rate:,.0f} events/s with "
+          f"the worker running, {alone:,.0f} without")
     print(f"{'':>15}resume after the matching dispatch ({args.rate:g}/s): p50 {p[50]:.1f} ms"
           f"  p95 {p[95]:.1f} ms  p99 {p[99]:.1f} ms  max {p[100]:.1f} ms")
-    return {"rate": rate, "p50": p[50], "p99": p[99]}
+    return {"rate": rate, "alone": alone, "p50": p[50], "p99": p[99]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -250,12 +256,13 @@ def main() -> int:
         print(_raw.describe(_raw.measure(raw_target)))
     finally:
         drop_target(raw_target)
-    baseline = measure(args, 0)["rate"]
+    baseline = measure(args, 0)
     results = [measure(args, count) for count in counts]
-    joined = {key: ",".join(f"{r[key]:.0f}" if key == "rate" else f"{r[key]:.1f}"
-                            for r in results) for key in ("rate", "p50", "p99")}
+    joined = {key: ",".join(f"{r[key]:.0f}" if key in ("rate", "alone") else f"{r[key]:.1f}"
+                            for r in results) for key in ("rate", "alone", "p50", "p99")}
     print(f"RESULT store={args.store} waiters={args.waiters} dispatch_per_s={joined['rate']} "
-          f"no_waits_dispatch_per_s={baseline:.0f} resume_p50_ms={joined['p50']} "
+          f"dispatch_alone_per_s={joined['alone']} no_waits_dispatch_per_s="
+          f"{baseline['rate']:.0f},{baseline['alone']:.0f} resume_p50_ms={joined['p50']} "
           f"resume_p99_ms={joined['p99']}")
     return 0
 
