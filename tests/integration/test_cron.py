@@ -38,7 +38,8 @@ async def test_each_tick_fires_exactly_once_with_three_workers(sqlite_url: str) 
     seconds_running = time.monotonic() - started
     runs = await apps[0].get_runs(job_id="every-second", limit=100)
     per_event = Counter(run.event_id for run in runs)
-    assert 2 <= len(per_event) <= seconds_running + 1
+    # every second boundary while running, plus the tick just before the start (still fresh)
+    assert 2 <= len(per_event) <= seconds_running + 2
     assert set(per_event.values()) == {1}, per_event
     for app in apps:
         await app.aclose()
