@@ -390,7 +390,7 @@ class Admission:
     parked: list[tuple[str, str, int]] = field(default_factory=list)
     """(run id, the full key, its limit): runs to park until that key frees a slot."""
     full: dict[str, int] = field(default_factory=dict)
-    """Keys found full (key -> limit): their other queued runs may be parked at once."""
+    """Keys found full (key -> limit)."""
     held_jobs: set[str] = field(default_factory=set)
     """Jobs whose job-wide limit held a candidate back (left queued, not parked)."""
     running: dict[str, int] = field(default_factory=dict)
@@ -400,12 +400,15 @@ class Admission:
 
 
 def admit(candidates: Iterable[Candidate], running: Mapping[str, int],
-          job_free: Mapping[str, int]) -> Admission:
+          job_free: Mapping[str, int], limit: int | None = None) -> Admission:
     """Take candidates in order while every key they hold has a free slot (and their job,
-    if it has a job-wide limit in `job_free`); park those whose key is full."""
+    if it has a job-wide limit in `job_free`); park those whose key is full. With `limit`,
+    stop once that many are taken (the rest are left as they are)."""
     result = Admission(running=dict(running), job_free=dict(job_free))
     free = result.job_free
     for candidate in candidates:
+        if limit is not None and len(result.taken) >= limit:
+            break
         full = next(((key, limit) for key, limit in candidate.keys
                      if result.running.get(key, 0) >= limit), None)
         if full is not None:
@@ -427,6 +430,21 @@ def unpark_counts(freed: Mapping[str, int], running: Mapping[str, int]) -> dict[
     """How many parked runs to release per key that some run let go of: its free slots."""
     counts = {key: limit - running.get(key, 0) for key, limit in freed.items()}
     return {key: count for key, count in counts.items() if count > 0}
+
+
+BACKLOG = 3
+"""Candidates of one full key met in a single claim that mark it as having a backlog: its
+other due runs are then parked at once (so a claim steps over a backlog once, instead of a
+window at a time). Fewer means a key that was just briefly full: parking every run it has
+queued would only make them wait for slots that free up again at once."""
+
+
+def backlogs(admission: Admission, at_least: int = BACKLOG) -> dict[str, int]:
+    """The full keys with a backlog (key -> limit): see BACKLOG."""
+    met: dict[str, int] = {}
+    for _, key, _ in admission.parked:
+        met[key] = met.get(key, 0) + 1
+    return {key: limit for key, limit in admission.full.items() if met.get(key, 0) >= at_least}
 
 
 def park_reason(key: str, limit: int) -> str:

@@ -16,8 +16,9 @@ what differs is how concurrent processes are kept from deciding on stale state:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from stride._flow_decide import (
     PublishPlan,
     StateKey,
     admit,
+    backlogs,
     park_reason,
     pending_run_ids,
     plan_publish,
@@ -39,18 +41,56 @@ from stride._flow_decide import (
     unpark_counts,
 )
 from stride.errors import ConfigurationError
+from stride.flow import MAX_PRIORITY_SECONDS
 from stride.stores._postgres_sql import STEP_COLUMNS, rows
 from stride.stores.base import NewRun
 
 Execute = Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]]
 """Runs one statement on the publishing connection (the store's, or the app's) -> rows."""
 BULK_PARK = 1000
-FREED_BATCH = 1000
+SWEEP_SECONDS = 2.0
+SCAN_KEYS = 32
+OVERFETCH, OVERFETCH_EXTRA, MAX_CANDIDATES = 2, 8, 512
+"""A keyed claim reads up to limit * 2 + 8 due runs (at most 512) and takes at most `limit`:
+some candidates' keys are full or being decided by another claimer, and a claim that
+returns fewer runs than asked tells the worker that nothing more is due."""
+RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
+"""A due run's rank is at most this far past now (see the plain claim)."""
 _CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
+INDEX_DRIVEN = ("SELECT set_config('enable_seqscan', 'off', true), "
+                "set_config('enable_hashjoin', 'off', true), "
+                "set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)")
+"""The keyed claim's statements touch a few rows each by index; where a table has no
+statistics yet (a fresh schema under load: autovacuum has not analysed it) the planner
+preferred hash joins over full scans of runs (8-30 ms a statement instead of < 1 ms).
+Disabling them adds a huge cost to the alternatives, which would make PostgreSQL JIT-compile
+the statements (100+ ms each): so no JIT either. For the claim's transaction only."""
+_BY_ID = ("SELECT id, job_id, started_at, rank, status, app_id, available_at FROM {s}.runs "
+          "WHERE id = k.run_id OFFSET 0 FOR UPDATE SKIP LOCKED")
+"""One run by primary key, locked. The key is its only condition (OFFSET 0 keeps the outer
+conditions from being pushed in), so no plan can take another index: without statistics
+the planner scanned a partial index of every queued run with `id` as a mere filter."""
 
 
 def _json(items: Sequence[Sequence[Any]]) -> str:
     return orjson.dumps([list(item) for item in items]).decode()
+
+
+class ClaimState:
+    """A process's keyed claims' memory: when to sweep next, and where the round robin over
+    keys with parked runs goes on (see `_candidates`)."""
+
+    def __init__(self, every: float = SWEEP_SECONDS) -> None:
+        self._every = every
+        self._next = 0.0
+        self.cursor = ""
+
+    def sweep_due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._every
+        return True
 
 
 class FlowStatements:
@@ -69,13 +109,16 @@ class FlowStatements:
             f"SELECT id, status, started_at IS NOT NULL, event_id FROM {s}.runs "
             "WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE")
         self.insert_runs = (
-            f"INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, available_at, rank, "
-            "created_at, ended_at, reason, ckey, clim, ckey2, clim2) "
+            f"WITH created AS (INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, "
+            "available_at, rank, created_at, ended_at, reason) "
             "SELECT r.id, r.app_id, r.job_id, r.event_id, r.status, r.at, r.rank, %s, "
-            "r.ended_at, r.reason, r.ckey, r.clim, r.ckey2, r.clim2 FROM "
+            "r.ended_at, r.reason FROM "
             + rows("id text", "app_id text", "job_id text", "event_id text", "status text",
                    "at bigint", "rank bigint", "ended_at bigint", "reason text", "ckey text",
-                   "clim int", "ckey2 text", "clim2 int") + " AS r")
+                   "clim int", "ckey2 text", "clim2 int") + " AS r RETURNING 1) "
+            f"INSERT INTO {s}.run_keys (run_id, ckey, clim, ckey2, clim2) "
+            "SELECT k.id, k.ckey, k.clim, k.ckey2, k.clim2 FROM "
+            + rows("id text", "ckey text", "clim int", "ckey2 text", "clim2 int") + " AS k")
         self.change_runs = (
             f"UPDATE {s}.runs r SET event_id = coalesce(c.event_id, r.event_id), "
             "available_at = coalesce(c.at, r.available_at), rank = coalesce(c.rank, r.rank), "
@@ -106,42 +149,76 @@ class FlowStatements:
             f'SELECT e.id, e.name, e.data, e."user", e.ts FROM {s}.run_events l '
             f"JOIN {s}.events e ON e.id = l.event_id WHERE l.run_id = %s ORDER BY l.position")
         self.candidates = _candidates(s)
+        # try, never wait: a key another claimer is deciding on is left for the next claim
+        # (so claims of different workers never queue behind each other, nor deadlock)
         self.lock_keys = (
-            "SELECT pg_advisory_xact_lock(hashtext(%s::text), hashtext(k.key)) "
-            "FROM unnest(%s::text[]) AS k(key) ORDER BY hashtext(k.key)")
+            "SELECT k.key FROM unnest(%s::text[]) AS k(key) "
+            "WHERE pg_try_advisory_xact_lock(hashtext(%s::text), hashtext(k.key))")
         self.running = _running(s)
         self.apply = _apply(s)
 
 
 def _candidates(s: str) -> str:
-    # The keys freed since the last claim (taken off the queue), the oldest parked runs of
-    # each (up to its limit: they come first, they waited longest), and the due runs in
-    # rank order below PARK; all locked, so concurrent claimers take different ones.
-    run_columns = "id, job_id, started_at, rank, ckey, clim, ckey2, clim2, parked_on"
-    mine = "app_id = %(app)s AND job_id = ANY(%(jobs)s::text[]) AND available_at <= %(now)s"
+    # Runs marked leased that stopped running (their keys have a free slot again: looked for
+    # only where a key has parked runs waiting, and everywhere on a sweep), plus the next
+    # SCAN_KEYS keys with parked runs after `cursor` (round robin: a key whose release was
+    # missed, say its parked run was locked by another claimer just then, is checked again
+    # within a few claims, so no parked run waits for ever on a signal that was used), the
+    # parked runs of those keys (up to the key's limit: they waited longest), and the due
+    # runs in rank order (rank <= horizon < PARK: parked runs and runs due later are out of
+    # the scan), with their keys. The runs are locked (SKIP LOCKED), so concurrent claimers
+    # take different ones; the marks are not: they are changed later under the keys' locks.
+    # Shapes that do not depend on statistics (a fresh table has none): index-ordered
+    # subqueries kept apart by OFFSET 0, and runs looked up by primary key (LATERAL).
+    finished = "('completed', 'failed', 'cancelled', 'skipped')"
+    mine = ("app_id = %(app)s AND job_id = ANY(%(jobs)s::text[]) "
+            "AND available_at <= %(now)s")
+    keys = "k.ckey, k.clim, k.ckey2, k.clim2"
     return (
-        f"WITH freed AS (DELETE FROM {s}.flow_freed WHERE id IN (SELECT id FROM "
-        f"{s}.flow_freed ORDER BY id LIMIT {FREED_BATCH} FOR UPDATE SKIP LOCKED) "
-        "RETURNING ckey, lim), "
-        "keys AS (SELECT ckey, max(lim) AS lim FROM freed GROUP BY ckey), "
-        f"heads AS (SELECT x.* FROM keys k CROSS JOIN LATERAL (SELECT {run_columns} "
-        f"FROM {s}.runs WHERE parked_on = k.ckey AND {_CLAIMABLE} AND rank >= %(park)s "
-        f"AND {mine} ORDER BY rank LIMIT k.lim FOR UPDATE SKIP LOCKED) AS x), "
-        f"due AS (SELECT {run_columns} FROM {s}.runs WHERE {_CLAIMABLE} AND {mine} "
-        "AND rank < %(park)s ORDER BY rank LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+        f"WITH RECURSIVE stale AS (SELECT k.run_id, {keys}, "
+        f"(r.status IS NULL OR r.status IN {finished}) AS done FROM {s}.run_keys k "
+        f"LEFT JOIN LATERAL (SELECT status FROM {s}.runs "
+        "WHERE id = k.run_id OFFSET 0) AS r ON true WHERE k.leased "
+        f"AND (%(sweep)s OR EXISTS (SELECT 1 FROM {s}.run_keys p "
+        "WHERE p.parked_on IN (k.ckey, k.ckey2))) "
+        "AND r.status IS DISTINCT FROM 'running'), "
+        f"scan(key) AS ((SELECT parked_on FROM {s}.run_keys WHERE parked_on > %(cursor)s "
+        f"ORDER BY parked_on LIMIT 1) UNION ALL SELECT (SELECT parked_on FROM {s}.run_keys "
+        "WHERE parked_on > scan.key ORDER BY parked_on LIMIT 1) FROM scan "
+        "WHERE scan.key IS NOT NULL), "
+        f"scanned AS (SELECT key FROM scan WHERE key IS NOT NULL LIMIT {SCAN_KEYS}), "
+        "freed AS (SELECT key, max(lim) AS lim FROM (SELECT ckey AS key, clim AS lim FROM stale "
+        "UNION ALL SELECT ckey2, clim2 FROM stale WHERE ckey2 IS NOT NULL "
+        "UNION ALL SELECT q.key, (SELECT CASE WHEN ckey = q.key THEN clim ELSE clim2 END "
+        f"FROM {s}.run_keys WHERE parked_on = q.key LIMIT 1) FROM scanned q) AS f "
+        "GROUP BY key), "
+        "heads AS (SELECT x.* FROM freed f CROSS JOIN LATERAL (SELECT r.id, r.job_id, "
+        f"r.started_at, k.parked_rank AS rank, {keys}, k.parked_on FROM (SELECT * FROM "
+        f"{s}.run_keys WHERE parked_on = f.key ORDER BY parked_rank OFFSET 0) AS k "
+        f"CROSS JOIN LATERAL ({_BY_ID.format(s=s)}) AS r WHERE r.{_CLAIMABLE} "
+        f"AND r.{mine.replace(' AND ', ' AND r.')} ORDER BY k.parked_rank LIMIT f.lim) AS x), "
+        f"due AS (SELECT r.id, r.job_id, r.started_at, r.rank, {keys}, NULL::text AS parked_on "
+        f"FROM {s}.runs r LEFT JOIN {s}.run_keys k ON k.run_id = r.id WHERE r.{_CLAIMABLE} "
+        f"AND r.rank <= %(horizon)s AND r.{mine.replace(' AND ', ' AND r.')} ORDER BY r.rank "
+        "LIMIT %(limit)s FOR UPDATE OF r SKIP LOCKED) "
         "SELECT 'h', id, job_id, started_at IS NOT NULL, rank, ckey, clim, ckey2, clim2, "
         "parked_on FROM heads "
         "UNION ALL SELECT 'c', id, job_id, started_at IS NOT NULL, rank, ckey, clim, ckey2, "
         "clim2, parked_on FROM due "
-        "UNION ALL SELECT 'f', NULL, NULL, NULL, NULL, ckey, lim, NULL, NULL, NULL FROM keys")
+        "UNION ALL SELECT 'f', NULL, NULL, NULL, NULL, key, lim, NULL, NULL, NULL FROM freed "
+        "UNION ALL SELECT 's', run_id, NULL, done, NULL, ckey, NULL, ckey2, NULL, NULL "
+        "FROM stale UNION ALL SELECT 'p', NULL, NULL, NULL, NULL, key, NULL, NULL, NULL, NULL "
+        "FROM scanned")
 
 
 def _running(s: str) -> str:
-    # leased runs per key (either key column) and per job with a job-wide limit
+    # leased runs per key (either key column; a mark whose run stopped is not counted) and
+    # per job with a job-wide limit
+    count = (f"(SELECT count(*) FROM {s}.run_keys k WHERE k.leased AND k.{{column}} = q.key "
+             f"AND (SELECT status FROM {s}.runs r WHERE r.id = k.run_id) = 'running')")
     return (
-        f"SELECT 'k', k.key, (SELECT count(*) FROM {s}.runs WHERE status = 'running' AND "
-        f"ckey = k.key) + (SELECT count(*) FROM {s}.runs WHERE status = 'running' AND "
-        "ckey2 = k.key) FROM unnest(%(keys)s::text[]) AS k(key) "
+        f"SELECT 'k', q.key, {count.format(column='ckey')} + {count.format(column='ckey2')} "
+        "FROM unnest(%(keys)s::text[]) AS q(key) "
         f"UNION ALL SELECT 'j', j.job_id, (SELECT count(*) FROM {s}.runs WHERE "
         "status = 'running' AND app_id = %(app)s AND job_id = j.job_id) "
         "FROM unnest(%(limited)s::text[]) AS j(job_id)")
@@ -149,41 +226,63 @@ def _running(s: str) -> str:
 
 def _apply(s: str) -> str:
     # One statement: lease the runs taken; park those met whose key is full, and up to
-    # BULK_PARK more due runs of each full key (SKIP LOCKED); release parked runs of freed
-    # keys, oldest first; return the leased runs with their events (and memo if resumed).
-    # The sets never overlap: taken and parked are candidates (below PARK, locked by us),
-    # bulk excludes them, and released runs are above PARK. Lease-only commit, as the plain
-    # claim's: a claim lost in a crash loses leases, parks and releases together.
+    # BULK_PARK more due runs of each key with a backlog; release parked runs of freed keys,
+    # oldest first; forget marks of runs that stopped; return the leased runs with their
+    # events (and memo if resumed). No row is changed twice: taken and parked runs are
+    # candidates; bulk and released runs are not (and differ by parked_on); stale marks are
+    # of runs that are not candidates. Lease-only commit, as the plain claim's: a claim lost
+    # in a crash loses leases, parks, releases and marks together.
     memo_columns = ", ".join(f"m.{column}" for column in STEP_COLUMNS.split(", "))
+    backlog = (
+        f"SELECT r.id, r.rank FROM (SELECT run_id FROM {s}.run_keys WHERE {{column}} = f.key "
+        "AND NOT leased AND parked_on IS NULL OFFSET 0) AS k CROSS JOIN LATERAL "
+        f"({_BY_ID.format(s=s)}) AS r WHERE r.{_CLAIMABLE} AND r.rank < %(park)s "
+        "AND r.available_at <= %(now)s AND r.id <> ALL(%(seen)s::text[]) "
+        f"LIMIT {BULK_PARK}")
     bulk = (
-        "SELECT f.key, f.reason, x.id FROM unnest(%(full_keys)s::text[], "
-        "%(full_reasons)s::text[]) AS f(key, reason) CROSS JOIN LATERAL ("
-        f"SELECT * FROM (SELECT id FROM {s}.runs WHERE ckey = f.key AND {_CLAIMABLE} "
-        "AND rank < %(park)s AND available_at <= %(now)s AND id <> ALL(%(seen)s::text[]) "
-        f"ORDER BY rank LIMIT {BULK_PARK} FOR UPDATE SKIP LOCKED) AS one UNION ALL "
-        f"SELECT * FROM (SELECT id FROM {s}.runs WHERE ckey2 = f.key AND {_CLAIMABLE} "
-        "AND rank < %(park)s AND available_at <= %(now)s AND id <> ALL(%(seen)s::text[]) "
-        f"ORDER BY rank LIMIT {BULK_PARK} FOR UPDATE SKIP LOCKED) AS two) AS x")
+        "SELECT f.key, f.reason, x.id, x.rank FROM unnest(%(backlog_keys)s::text[], "
+        "%(backlog_reasons)s::text[]) AS f(key, reason) CROSS JOIN LATERAL ("
+        f"SELECT * FROM ({backlog.format(column='ckey')}) AS one UNION ALL "
+        f"SELECT * FROM ({backlog.format(column='ckey2')}) AS two) AS x")
     release = (
         "SELECT x.id FROM unnest(%(free_keys)s::text[], %(free_counts)s::int[]) AS u(key, n) "
-        f"CROSS JOIN LATERAL (SELECT id FROM {s}.runs WHERE parked_on = u.key AND {_CLAIMABLE} "
-        "AND rank >= %(park)s AND id <> ALL(%(seen)s::text[]) ORDER BY rank LIMIT u.n "
-        "FOR UPDATE SKIP LOCKED) AS x UNION ALL SELECT unnest(%(released)s::text[])")
+        f"CROSS JOIN LATERAL (SELECT r.id FROM (SELECT run_id, parked_rank FROM {s}.run_keys "
+        "WHERE parked_on = u.key ORDER BY parked_rank OFFSET 0) AS k CROSS JOIN LATERAL "
+        f"({_BY_ID.format(s=s)}) AS r WHERE r.{_CLAIMABLE} AND r.id <> ALL(%(seen)s::text[]) "
+        "ORDER BY k.parked_rank LIMIT u.n) AS x UNION ALL SELECT unnest(%(released)s::text[])")
     return (
         f"WITH leased AS (UPDATE {s}.runs r SET status = 'running', lease_owner = %(worker)s, "
         "lease_token = %(token)s, lease_expires_at = %(expires)s, "
-        "started_at = coalesce(r.started_at, %(now)s), parked_on = NULL, "
+        "started_at = coalesce(r.started_at, %(leased_at)s), "
         "rank = CASE WHEN r.rank >= %(park)s THEN r.rank - %(park)s ELSE r.rank END "
-        "WHERE r.id = ANY(%(taken)s::text[]) AND r.status IN ('queued', 'sleeping', 'waiting') "
+        "FROM unnest(%(taken)s::text[]) AS t(id) WHERE r.id = t.id "
         "RETURNING r.id, r.job_id, r.event_id, r.attempt, r.errors, r.created_at, r.rank), "
-        f"parked AS (UPDATE {s}.runs r SET parked_on = p.key, reason = p.reason, "
+        f"marked AS (UPDATE {s}.run_keys k SET leased = true, parked_on = NULL, "
+        "parked_rank = NULL FROM unnest(%(taken)s::text[]) AS t(id) WHERE k.run_id = t.id "
+        "RETURNING 1), "
+        f"parked AS (UPDATE {s}.runs r SET reason = p.reason, "
         "rank = CASE WHEN r.rank < %(park)s THEN r.rank + %(park)s ELSE r.rank END "
-        "FROM unnest(%(parked)s::text[], %(parked_keys)s::text[], "
-        "%(parked_reasons)s::text[]) AS p(id, key, reason) WHERE r.id = p.id RETURNING 1), "
-        f"bulk AS (UPDATE {s}.runs r SET rank = r.rank + %(park)s, parked_on = b.key, "
-        f"reason = b.reason FROM ({bulk}) AS b WHERE r.id = b.id RETURNING 1), "
-        f"released AS (UPDATE {s}.runs r SET rank = r.rank - %(park)s, parked_on = NULL "
-        f"FROM ({release}) AS u WHERE r.id = u.id AND r.rank >= %(park)s RETURNING 1) "
+        "FROM unnest(%(parked)s::text[], %(parked_reasons)s::text[]) AS p(id, reason) "
+        "WHERE r.id = p.id RETURNING 1), "
+        f"parked_keys AS (UPDATE {s}.run_keys k SET parked_on = p.key, leased = false, "
+        "parked_rank = coalesce(k.parked_rank, p.rank) FROM unnest(%(parked)s::text[], "
+        "%(parked_keys)s::text[], %(parked_ranks)s::bigint[]) AS p(id, key, rank) "
+        "WHERE k.run_id = p.id RETURNING 1), "
+        f"bulk_ids AS ({bulk}), "
+        f"bulk AS (UPDATE {s}.runs r SET rank = r.rank + %(park)s, reason = b.reason "
+        "FROM bulk_ids b WHERE r.id = b.id RETURNING 1), "
+        f"bulk_keys AS (UPDATE {s}.run_keys k SET parked_on = b.key, parked_rank = b.rank "
+        "FROM bulk_ids b WHERE k.run_id = b.id RETURNING 1), "
+        f"release_ids AS ({release}), "
+        f"released AS (UPDATE {s}.runs r SET rank = r.rank - %(park)s FROM release_ids u "
+        "WHERE r.id = u.id AND r.rank >= %(park)s RETURNING 1), "
+        f"released_keys AS (UPDATE {s}.run_keys k SET parked_on = NULL, parked_rank = NULL "
+        "FROM release_ids u WHERE k.run_id = u.id RETURNING 1), "
+        f"stale_gone AS (DELETE FROM {s}.run_keys k USING unnest(%(done)s::text[]) AS d(id) "
+        "WHERE k.run_id = d.id RETURNING 1), "
+        f"stale_unmarked AS (UPDATE {s}.run_keys k SET leased = false "
+        "FROM unnest(%(requeued)s::text[]) AS q(id) WHERE k.run_id = q.id AND k.leased "
+        f"AND (SELECT status FROM {s}.runs r WHERE r.id = k.run_id) <> 'running' RETURNING 1) "
         "SELECT l.id, l.job_id, l.attempt, l.errors, l.created_at, "
         "CASE WHEN l.id = ANY(%(resumed)s::text[]) THEN (SELECT json_agg(json_build_array("
         f"{memo_columns}) ORDER BY m.position)::text FROM {s}.steps m WHERE m.run_id = l.id) "
@@ -228,7 +327,9 @@ def _plan_statements(sql: FlowStatements, plan: PublishPlan,
     if plan.inserts:
         statements.append((sql.insert_runs, (now, _json([
             (r.id, r.app_id, r.job_id, r.event_id, r.status, r.available_at, r.rank,
-             r.ended_at, r.reason, r.ckey, r.clim, r.ckey2, r.clim2) for r in plan.inserts]))))
+             r.ended_at, r.reason) for r in plan.inserts]), _json([
+            (r.id, r.ckey, r.clim, r.ckey2, r.clim2) for r in plan.inserts
+            if r.ckey is not None]))))
     if plan.changes:
         statements.append((sql.change_runs, (_json([
             (c.id, c.event_id, c.available_at, c.rank, c.reason)
@@ -285,27 +386,40 @@ class ClaimParams:
     worker_id: str
     token: str
     now: int
-    expires: int
+    lease_ms: int
     limit: int
     job_ids: list[str]
     limits: dict[str, int]
     """Job-wide limits of the claimed jobs (taken under the jobs' advisory locks)."""
+    state: ClaimState = field(default_factory=lambda: ClaimState())
+    """Where the round robin over parked keys goes on, and when to sweep: also forget the
+    marks of every run that stopped running (not only of keys with parked runs), which are
+    only garbage by then (counts check each run's status), so now and then."""
 
 
 async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
                       lock_jobs: str, p: ClaimParams) -> list[tuple[Any, ...]]:
-    """The keyed claim's transaction; returns the leased runs as the plain claim does."""
-    async with conn.transaction():
+    """The keyed claim's transaction; returns the leased runs as the plain claim does.
+
+    Pipelined: BEGIN, the planner settings and the first statement go in one round trip,
+    the locks and the counts in the next, the apply and COMMIT in the last."""
+    async with conn.pipeline(), conn.transaction():
+        await conn.execute(INDEX_DRIVEN)
         cur = await conn.execute(sql.candidates, {
-            "now": p.now, "app": p.app_id, "jobs": p.job_ids, "park": PARK, "limit": p.limit})
+            "now": p.now, "app": p.app_id, "jobs": p.job_ids, "horizon": p.now + RANK_HORIZON_MS,
+            "sweep": p.state.sweep_due(), "cursor": p.state.cursor,
+            "limit": min(p.limit * OVERFETCH + OVERFETCH_EXTRA, MAX_CANDIDATES)})
         found = _Found(await cur.fetchall())
+        p.state.cursor = found.next_cursor
         limited = sorted(job for job in set(p.job_ids) if job in p.limits)
         if limited:  # the plain claim's job locks, in the same (name) order
             await conn.execute(lock_jobs, (sql.schema, p.app_id, limited))
-        if found.keys:
-            await conn.execute(sql.lock_keys, (f"{sql.schema}/flow", found.keys))
-        running, job_free = await _counts(conn, sql, p, found.keys, limited)
-        admission = admit(found.candidates, running, job_free)
+        locked = (await conn.execute(sql.lock_keys, (found.keys, f"{sql.schema}/flow"))
+                  if found.keys else None)
+        counted = await _count(conn, sql, p, found.keys, limited)  # sent with the locks
+        found.keep({row[0] for row in await locked.fetchall()} if locked else set())
+        running, job_free = await _counts_of(counted, p)
+        admission = admit(found.candidates, running, job_free, p.limit)
         cur = await conn.execute(sql.apply, _apply_params(p, admission, found))
         return await cur.fetchall()
 
@@ -319,12 +433,31 @@ class _Found:
         due = [r for r in rows if r[0] == "c"]
         self.candidates = [Candidate(r[1], r[2], _keys(r[5:9])) for r in heads + due]
         self.parked_on = {r[1]: r[9] for r in heads}
+        self.ranks = {r[1]: r[4] for r in heads + due}
         self.resumed = [r[1] for r in heads + due if r[3]]
+        self.seen = [c.run_id for c in self.candidates]
+        self.stale = [(r[1], bool(r[3]), {key for key in (r[5], r[7]) if key is not None})
+                      for r in rows if r[0] == "s"]
+        self.done: list[str] = []
+        self.requeued: list[str] = []
         self.freed: dict[str, int] = {}
         for row in rows:
             if row[0] == "f":
                 self.freed[row[5]] = max(row[6], self.freed.get(row[5], 0))
         self.keys = sorted({key for c in self.candidates for key, _ in c.keys} | set(self.freed))
+        scanned = [row[5] for row in rows if row[0] == "p"]
+        self.next_cursor = max(scanned) if len(scanned) >= SCAN_KEYS else ""
+
+    def keep(self, locked: set[str]) -> None:
+        """Keep only what the keys this claim could lock allow it to decide on: candidates
+        whose keys are all locked, freed keys that are, marks whose keys all are."""
+        self.candidates = [c for c in self.candidates
+                           if all(key in locked for key, _ in c.keys)]
+        self.freed = {key: limit for key, limit in self.freed.items() if key in locked}
+        seen = set(self.seen)
+        ours = [(run_id, done) for run_id, done, keys in self.stale if keys <= locked]
+        self.done = [run_id for run_id, done in ours if done]
+        self.requeued = [run_id for run_id, done in ours if not done and run_id not in seen]
 
 
 def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
@@ -334,14 +467,20 @@ def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
     return ((ckey, clim),) if ckey2 is None else ((ckey, clim), (ckey2, clim2))
 
 
-async def _counts(conn: psycopg.AsyncConnection[Any], sql: FlowStatements, p: ClaimParams,
-                  keys: list[str], limited: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+async def _count(conn: psycopg.AsyncConnection[Any], sql: FlowStatements, p: ClaimParams,
+                 keys: list[str], limited: list[str]) -> psycopg.AsyncCursor[Any] | None:
+    """Send the count of leased runs per key (only those of locked keys are used: the
+    statement runs after the locks were taken, so their counts cannot change under us)."""
     if not keys and not limited:
-        return {}, {}
-    cur = await conn.execute(sql.running, {"keys": keys, "limited": limited, "app": p.app_id})
+        return None
+    return await conn.execute(sql.running, {"keys": keys, "limited": limited, "app": p.app_id})
+
+
+async def _counts_of(cur: psycopg.AsyncCursor[Any] | None,
+                     p: ClaimParams) -> tuple[dict[str, int], dict[str, int]]:
     running: dict[str, int] = {}
     job_free: dict[str, int] = {}
-    for kind, name, count in await cur.fetchall():
+    for kind, name, count in (await cur.fetchall() if cur is not None else []):
         if kind == "k":
             running[name] = int(count)
         else:
@@ -358,15 +497,19 @@ def _apply_params(p: ClaimParams, admission: Admission, found: _Found) -> dict[s
     released = [run_id for run_id in found.parked_on
                 if run_id not in blocked and run_id not in admission.taken]
     release = unpark_counts(found.freed, admission.running)
+    backlog = backlogs(admission)
+    leased_at = time.time_ns() // 1_000_000  # after the locks: when the leases begin
     return {
-        "worker": p.worker_id, "token": p.token, "expires": p.expires, "now": p.now,
+        "worker": p.worker_id, "token": p.token, "expires": leased_at + p.lease_ms,
+        "now": p.now, "leased_at": leased_at,
         "park": PARK, "taken": admission.taken, "resumed": found.resumed,
         "parked": [run_id for run_id, _, _ in parked],
         "parked_keys": [key for _, key, _ in parked],
+        "parked_ranks": [found.ranks[run_id] for run_id, _, _ in parked],
         "parked_reasons": [park_reason(key, limit) for _, key, limit in parked],
-        "full_keys": list(admission.full),
-        "full_reasons": [park_reason(key, limit) for key, limit in admission.full.items()],
-        "seen": [c.run_id for c in found.candidates],
+        "backlog_keys": list(backlog),
+        "backlog_reasons": [park_reason(key, limit) for key, limit in backlog.items()],
+        "seen": found.seen,
         "free_keys": list(release), "free_counts": list(release.values()),
-        "released": released,
+        "released": released, "done": found.done, "requeued": found.requeued,
     }

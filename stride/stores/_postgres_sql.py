@@ -112,6 +112,7 @@ class Statements:
             "status IN ('completed', 'failed', 'cancelled', 'skipped') ORDER BY ended_at "
             "LIMIT %(batch)s FOR UPDATE SKIP LOCKED), "
             f"gone_links AS (DELETE FROM {s}.run_events WHERE run_id IN (SELECT id FROM doomed)), "
+            f"gone_keys AS (DELETE FROM {s}.run_keys WHERE run_id IN (SELECT id FROM doomed)), "
             f"gone_steps AS (DELETE FROM {s}.steps WHERE run_id IN (SELECT id FROM doomed)), "
             f"gone_waits AS (DELETE FROM {s}.waits WHERE run_id IN (SELECT id FROM doomed)), "
             f"gone_hits AS (DELETE FROM {s}.wait_hits WHERE run_id IN (SELECT id FROM doomed)), "

@@ -15,13 +15,13 @@ from typing import Any
 
 from stride._flow_decide import (
     PARK,
-    Admission,
     Candidate,
     FlowState,
     PendingRun,
     PublishPlan,
     StateKey,
     admit,
+    backlogs,
     park_reason,
     pending_run_ids,
     plan_publish,
@@ -29,6 +29,7 @@ from stride._flow_decide import (
     unpark_counts,
 )
 from stride._ids import new_id
+from stride.flow import MAX_PRIORITY_SECONDS
 from stride.stores.base import ClaimedRun, EventRow, NewRun
 
 CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
@@ -37,7 +38,8 @@ MAX_PASSES = 4
 other runs; a claim stays bounded even while keys fill up."""
 BULK_PARK = 1000
 """Queued runs of a key found full parked at once (the rest on later claims)."""
-FREED_BATCH = 1000
+RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
+"""A due run's rank is at most this far past now (see the plain claim)."""
 _CHUNK = 400
 
 
@@ -94,10 +96,12 @@ def _load_pending(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, Pen
 def _write_plan(conn: sqlite3.Connection, plan: PublishPlan, now: int) -> None:
     conn.executemany(
         "INSERT INTO runs (id, app_id, job_id, event_id, status, available_at, rank, "
-        "created_at, ended_at, reason, ckey, clim, ckey2, clim2) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, ended_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(r.id, r.app_id, r.job_id, r.event_id, r.status, r.available_at, r.rank, now,
-          r.ended_at, r.reason, r.ckey, r.clim, r.ckey2, r.clim2) for r in plan.inserts])
+          r.ended_at, r.reason) for r in plan.inserts])
+    conn.executemany(
+        "INSERT INTO run_keys (run_id, ckey, clim, ckey2, clim2) VALUES (?, ?, ?, ?, ?)",
+        [(r.id, r.ckey, r.clim, r.ckey2, r.clim2) for r in plan.inserts if r.ckey is not None])
     conn.executemany(
         "UPDATE runs SET event_id = coalesce(?, event_id), "
         "available_at = coalesce(?, available_at), rank = coalesce(?, rank), reason = ? "
@@ -136,10 +140,9 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
     from stride.stores import sqlite as store  # its claim helpers (it imports this module)
 
     now = _now_ms()
-    freed = _drain_freed(conn)
-    running = _count_running(conn, list(freed))
-    _unpark(conn, unpark_counts(freed, running))
+    _release(conn, _freed(conn))
     job_free = store._free_capacity(conn, app_id, job_ids, concurrency)
+    running: dict[str, int] = {}
     token = new_id()
     picked: list[tuple[str, int | None]] = []
     for _ in range(MAX_PASSES):
@@ -148,14 +151,16 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
         if want <= 0 or not eligible:
             break
         rows = _due(conn, app_id, eligible, now, want)
-        candidates = [Candidate(row[0], row[1], _keys(row)) for row in rows]
+        candidates = [Candidate(row[0], row[1], _keys(row[4:])) for row in rows]
         running.update(_count_running(conn, _unknown_keys(candidates, running)))
         admission = admit(candidates, running, job_free)
         running, job_free = admission.running, admission.job_free
-        started = {row[0]: row[2] for row in rows}
-        taken = [(run_id, started[run_id]) for run_id in admission.taken]
+        by_id = {row[0]: row for row in rows}
+        taken = [(run_id, by_id[run_id][2]) for run_id in admission.taken]
         _lease(conn, taken, worker_id, token, now, lease_ms)
-        _park(conn, admission, now)
+        _park(conn, [(run_id, key, limit, by_id[run_id][3])
+                     for run_id, key, limit in admission.parked])
+        _park_backlogs(conn, backlogs(admission), now)
         picked += taken
         if len(rows) < want or not (admission.parked or admission.held_jobs):
             break
@@ -165,16 +170,18 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
 
 def _due(conn: sqlite3.Connection, app_id: str, jobs: list[str], now: int,
          want: int) -> list[tuple[Any, ...]]:
-    # INDEXED BY: as in the plain claim, the planner would otherwise sort every queued run
+    # INDEXED BY: as in the plain claim, the planner would otherwise sort every queued run;
+    # rank <= horizon (< PARK) also keeps parked runs and runs due later out of the scan
     return conn.execute(
-        "SELECT id, job_id, started_at, ckey, clim, ckey2, clim2 FROM runs INDEXED BY runs_due "
-        f"WHERE {CLAIMABLE} AND rank < ? AND available_at <= ? AND app_id = ? "
-        f"AND job_id IN ({_marks(len(jobs))}) ORDER BY rank LIMIT ?",
-        (PARK, now, app_id, *jobs, want)).fetchall()
+        "SELECT r.id, r.job_id, r.started_at, r.rank, k.ckey, k.clim, k.ckey2, k.clim2 "
+        "FROM runs r INDEXED BY runs_due LEFT JOIN run_keys k ON k.run_id = r.id "
+        f"WHERE r.{CLAIMABLE} AND r.rank <= ? AND r.available_at <= ? AND r.app_id = ? "
+        f"AND r.job_id IN ({_marks(len(jobs))}) ORDER BY r.rank LIMIT ?",
+        (now + RANK_HORIZON_MS, now, app_id, *jobs, want)).fetchall()
 
 
-def _keys(row: tuple[Any, ...]) -> tuple[tuple[str, int], ...]:
-    _, _, _, ckey, clim, ckey2, clim2 = row
+def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
+    ckey, clim, ckey2, clim2 = columns
     if ckey is None:
         return ()
     return ((ckey, clim),) if ckey2 is None else ((ckey, clim), (ckey2, clim2))
@@ -185,58 +192,89 @@ def _unknown_keys(candidates: list[Candidate], known: dict[str, int]) -> list[st
 
 
 def _count_running(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
-    """Leased runs holding each key (in either key column)."""
+    """Leased runs holding each key (in either key column). Exact here: every claim first
+    clears the marks of runs that stopped running (`_freed`), and claims are serialised."""
     counts = dict.fromkeys(keys, 0)
     for chunk in _chunks(keys):
-        for column in ("ckey", "ckey2"):
-            for key, count in conn.execute(
-                    f"SELECT {column}, count(*) FROM runs WHERE status = 'running' AND "
-                    f"{column} IN ({_marks(len(chunk))}) GROUP BY {column}", chunk):
-                counts[key] += count
+        marks = _marks(len(chunk))
+        for key, count in conn.execute(
+                f"SELECT ckey, count(*) FROM run_keys WHERE leased = 1 AND ckey IN ({marks}) "
+                f"GROUP BY ckey UNION ALL SELECT ckey2, count(*) FROM run_keys WHERE leased = 1 "
+                f"AND ckey2 IN ({marks}) GROUP BY ckey2", [*chunk, *chunk]):
+            counts[key] += count
     return counts
 
 
-def _drain_freed(conn: sqlite3.Connection) -> dict[str, int]:
+def _freed(conn: sqlite3.Connection) -> dict[str, int]:
+    """Keys that runs let go of since the last claim (key -> limit): runs marked leased that
+    are no longer running. A finished run's row goes; a requeued one is unmarked."""
+    rows = conn.execute(
+        "SELECT k.run_id, k.ckey, k.clim, k.ckey2, k.clim2, r.status IN "
+        "('completed', 'failed', 'cancelled', 'skipped') OR r.id IS NULL "
+        "FROM run_keys k INDEXED BY run_keys_leased LEFT JOIN runs r ON r.id = k.run_id "
+        "WHERE k.leased = 1 AND (r.status IS NULL OR r.status <> 'running')").fetchall()
+    conn.executemany("DELETE FROM run_keys WHERE run_id = ?",
+                     [(row[0],) for row in rows if row[5]])
+    conn.executemany("UPDATE run_keys SET leased = 0 WHERE run_id = ?",
+                     [(row[0],) for row in rows if not row[5]])
     freed: dict[str, int] = {}
-    for key, limit in conn.execute(
-            "DELETE FROM flow_freed WHERE id IN (SELECT id FROM flow_freed ORDER BY id "
-            "LIMIT ?) RETURNING ckey, lim", (FREED_BATCH,)):
-        freed[key] = max(limit, freed.get(key, 0))
+    for _, ckey, clim, ckey2, clim2, _ in rows:
+        for key, limit in ((ckey, clim), (ckey2, clim2)):
+            if key is not None:
+                freed[key] = max(limit, freed.get(key, 0))
     return freed
+
+
+def _release(conn: sqlite3.Connection, freed: dict[str, int]) -> None:
+    """Bring back the oldest parked runs of the freed keys, as many as they have free slots."""
+    if not freed:
+        return
+    waiting = [key for chunk in _chunks(list(freed)) for (key,) in conn.execute(
+        f"SELECT DISTINCT parked_on FROM run_keys WHERE parked_on IN ({_marks(len(chunk))})",
+        chunk)]
+    counts = unpark_counts({key: freed[key] for key in waiting},
+                           _count_running(conn, waiting))
+    for key, count in counts.items():
+        ids = [(run_id,) for (run_id,) in conn.execute(
+            "SELECT k.run_id FROM run_keys k INDEXED BY run_keys_parked JOIN runs r "
+            f"ON r.id = k.run_id WHERE k.parked_on = ? AND r.{CLAIMABLE} "
+            "ORDER BY k.parked_rank LIMIT ?", (key, count))]
+        conn.executemany("UPDATE runs SET rank = rank - ? WHERE id = ? AND rank >= ?",
+                         [(PARK, run_id, PARK) for (run_id,) in ids])
+        conn.executemany("UPDATE run_keys SET parked_on = NULL, parked_rank = NULL "
+                         "WHERE run_id = ?", ids)
 
 
 def _lease(conn: sqlite3.Connection, taken: list[tuple[str, int | None]], worker_id: str,
            token: str, now: int, lease_ms: int) -> None:
     conn.executemany(
         "UPDATE runs SET status = 'running', lease_owner = ?, lease_token = ?, "
-        "lease_expires_at = ?, started_at = coalesce(started_at, ?), parked_on = NULL "
-        "WHERE id = ?", [(worker_id, token, now + lease_ms, now, run_id)
-                         for run_id, _ in taken])
+        "lease_expires_at = ?, started_at = coalesce(started_at, ?) WHERE id = ?",
+        [(worker_id, token, now + lease_ms, now, run_id) for run_id, _ in taken])
+    conn.executemany("UPDATE run_keys SET leased = 1 WHERE run_id = ?",
+                     [(run_id,) for run_id, _ in taken])
 
 
-def _park(conn: sqlite3.Connection, admission: Admission, now: int) -> None:
-    """Move the runs of full keys out of the claims' way: the candidates met, then up to
-    BULK_PARK more queued runs of each full key (so a backlog is stepped over once)."""
+def _park(conn: sqlite3.Connection, parked: list[tuple[str, str, int, int]]) -> None:
+    """Move runs of full keys (run id, key, limit, rank) out of the claims' way."""
     conn.executemany(
-        "UPDATE runs SET rank = rank + ?, parked_on = ?, reason = ? WHERE id = ? AND rank < ?",
-        [(PARK, key, park_reason(key, limit), run_id, PARK)
-         for run_id, key, limit in admission.parked])
-    for key, limit in admission.full.items():
+        "UPDATE runs SET rank = rank + ?, reason = ? WHERE id = ? AND rank < ?",
+        [(PARK, park_reason(key, limit), run_id, PARK) for run_id, key, limit, _ in parked])
+    conn.executemany(
+        "UPDATE run_keys SET parked_on = ?, parked_rank = ?, leased = 0 WHERE run_id = ?",
+        [(key, rank, run_id) for run_id, key, _, rank in parked])
+
+
+def _park_backlogs(conn: sqlite3.Connection, keys: dict[str, int], now: int) -> None:
+    """Park up to BULK_PARK more due runs of each key with a backlog, at once."""
+    for key, limit in keys.items():
         for column in ("ckey", "ckey2"):
-            conn.execute(
-                "UPDATE runs SET rank = rank + ?, parked_on = ?, reason = ? WHERE rowid IN "
-                f"(SELECT rowid FROM runs WHERE {column} = ? AND {CLAIMABLE} AND rank < ? "
-                "AND available_at <= ? ORDER BY rank LIMIT ?)",
-                (PARK, key, park_reason(key, limit), key, PARK, now, BULK_PARK))
-
-
-def _unpark(conn: sqlite3.Connection, counts: dict[str, int]) -> None:
-    """Release the oldest parked runs of each key, as many as it has free slots."""
-    for key, count in counts.items():
-        conn.execute(
-            "UPDATE runs SET rank = rank - ?, parked_on = NULL WHERE rowid IN "
-            f"(SELECT rowid FROM runs WHERE parked_on = ? AND {CLAIMABLE} AND rank >= ? "
-            "ORDER BY rank LIMIT ?)", (PARK, key, PARK, count))
+            rows = conn.execute(
+                f"SELECT k.run_id, r.rank FROM run_keys k JOIN runs r ON r.id = k.run_id "
+                f"WHERE k.{column} = ? AND k.leased = 0 AND k.parked_on IS NULL "
+                f"AND r.{CLAIMABLE} AND r.rank < ? AND r.available_at <= ? LIMIT ?",
+                (key, PARK, now, BULK_PARK)).fetchall()
+            _park(conn, [(run_id, key, limit, rank) for run_id, rank in rows])
 
 
 # -- reads ---------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from stride.stores._postgres_conn import (
 )
 from stride.stores._postgres_flow import (
     ClaimParams,
+    ClaimState,
     Execute,
     FlowStatements,
     claim_keyed,
@@ -145,6 +146,7 @@ class PostgresStore:
                                   connect_timeout=connect_timeout)
         self._publish_op = PublishOp(self.sql.publish, self.schema)
         self.flow_sql = FlowStatements(self.schema)
+        self._flow_state = ClaimState()
         self._checkpoint_op = CheckpointOp(self.sql.checkpoint)
         self._limited_jobs: set[str] = set()
         self._finish_op = FinishOp(self.sql.finish, self.schema, self._limited_jobs)
@@ -327,8 +329,8 @@ class PostgresStore:
         """Claim runs that hold concurrency keys (see `_postgres_flow`)."""
         now = _now_ms()
         params = ClaimParams(app_id=app_id, worker_id=worker_id, token=new_id(), now=now,
-                             expires=now + lease_ms, limit=limit, job_ids=list(job_ids),
-                             limits=dict(concurrency))
+                             lease_ms=lease_ms, limit=limit, job_ids=list(job_ids),
+                             limits=dict(concurrency), state=self._flow_state)
         # a finished run of these jobs frees a slot other workers may wait for: notify
         self._limited_jobs.update(job for job in job_ids if job in keyed or job in concurrency)
         try:

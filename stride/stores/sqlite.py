@@ -683,6 +683,7 @@ def _prune_runs(conn: sqlite3.Connection, cutoff: int, batch_size: int) -> int:
         "'cancelled', 'skipped') ORDER BY ended_at LIMIT ?", (cutoff, batch_size))]
     conn.executemany("DELETE FROM steps WHERE run_id = ?", ids)
     conn.executemany("DELETE FROM run_events WHERE run_id = ?", ids)
+    conn.executemany("DELETE FROM run_keys WHERE run_id = ?", ids)
     _waits.prune_run_waits(conn, ids)
     conn.executemany("DELETE FROM runs WHERE id = ?", ids)
     return len(ids)

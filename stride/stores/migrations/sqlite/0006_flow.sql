@@ -1,46 +1,37 @@
 -- Stride schema, version 6 (SQLite): flow control (issue 5).
 --
--- Keys are evaluated at dispatch and stored on the run, so the store enforces every limit
--- with indexed SQL, across all processes:
--- reason       why flow control delayed, skipped, merged or cancelled the run
--- ckey, clim   a concurrency key the run holds while leased, and that key's limit
--- ckey2, clim2 a second one (a job may have two limits)
--- parked_on    the full key a claim parked the run on; a parked run's rank is moved past
---              2**52 (stride._flow_decide.PARK), out of the range claims scan
+-- Keys are evaluated at dispatch and stored, so the store enforces every limit with indexed
+-- SQL, across all processes. Nothing here touches the statements every run goes through
+-- (claims of plain jobs, checkpoints, finishes): `runs` only gains `reason`, no index and
+-- no trigger; what concurrency keys need lives in `run_keys`, one row per live keyed run.
+
+-- why flow control delayed, skipped, merged or cancelled the run
 ALTER TABLE runs ADD COLUMN reason TEXT;
-ALTER TABLE runs ADD COLUMN ckey TEXT;
-ALTER TABLE runs ADD COLUMN clim INTEGER;
-ALTER TABLE runs ADD COLUMN ckey2 TEXT;
-ALTER TABLE runs ADD COLUMN clim2 INTEGER;
-ALTER TABLE runs ADD COLUMN parked_on TEXT;
 
--- leased runs per key (few: at most the workers' total concurrency)
-CREATE INDEX runs_running_ckey ON runs (ckey) WHERE status = 'running' AND ckey IS NOT NULL;
-CREATE INDEX runs_running_ckey2 ON runs (ckey2) WHERE status = 'running' AND ckey2 IS NOT NULL;
--- the queued runs of one key, in rank order: parked at once when the key is found full
-CREATE INDEX runs_due_ckey ON runs (ckey, rank)
-    WHERE status IN ('queued', 'sleeping', 'waiting') AND ckey IS NOT NULL;
-CREATE INDEX runs_due_ckey2 ON runs (ckey2, rank)
-    WHERE status IN ('queued', 'sleeping', 'waiting') AND ckey2 IS NOT NULL;
--- the parked runs of one key, oldest first: released one per slot that frees up
-CREATE INDEX runs_parked ON runs (parked_on, rank)
-    WHERE parked_on IS NOT NULL AND status IN ('queued', 'sleeping', 'waiting');
-
--- Keys a run let go of (it left 'running', or finished without having run): the next claim
--- releases that many parked runs of the key. Written by a trigger, so every path that
--- changes a run's status (finish, reschedule, release, reclaim, cancel) is covered.
-CREATE TABLE flow_freed (
-    id   INTEGER PRIMARY KEY AUTOINCREMENT,
-    ckey TEXT NOT NULL,
-    lim  INTEGER NOT NULL
-);
-CREATE TRIGGER runs_flow_freed AFTER UPDATE OF status ON runs
-WHEN old.ckey IS NOT NULL AND old.status <> new.status
-    AND (old.status = 'running' OR new.status IN ('completed', 'failed', 'cancelled', 'skipped'))
-BEGIN
-    INSERT INTO flow_freed (ckey, lim) VALUES (old.ckey, old.clim);
-    INSERT INTO flow_freed (ckey, lim) SELECT old.ckey2, old.clim2 WHERE old.ckey2 IS NOT NULL;
-END;
+-- The concurrency keys of a run of a keyed job (at most two, with their limits).
+-- leased      1 from the claim that leased the run until a later claim finds it no longer
+--             running: that is how claims learn that a key has a free slot again (the row
+--             is then deleted if the run finished, so the table holds live runs only)
+-- parked_on   the full key a claim parked the run on; the run's rank is moved past 2**52
+--             (stride._flow_decide.PARK), out of the range claims scan, until released
+-- parked_rank its rank before, so parked runs come back oldest first
+CREATE TABLE run_keys (
+    run_id      TEXT PRIMARY KEY,
+    ckey        TEXT NOT NULL,
+    clim        INTEGER NOT NULL,
+    ckey2       TEXT,
+    clim2       INTEGER,
+    leased      INTEGER NOT NULL DEFAULT 0,
+    parked_on   TEXT,
+    parked_rank INTEGER
+) WITHOUT ROWID;
+CREATE INDEX run_keys_ckey ON run_keys (ckey);
+CREATE INDEX run_keys_ckey2 ON run_keys (ckey2) WHERE ckey2 IS NOT NULL;
+-- the leased runs (few: at most the workers' total concurrency), by key
+CREATE INDEX run_keys_leased ON run_keys (ckey) WHERE leased = 1;
+CREATE INDEX run_keys_leased2 ON run_keys (ckey2) WHERE leased = 1 AND ckey2 IS NOT NULL;
+-- the parked runs of a key, oldest first
+CREATE INDEX run_keys_parked ON run_keys (parked_on, parked_rank) WHERE parked_on IS NOT NULL;
 
 -- One row per limiter and key: throttle and rate limit (at: GCRA tat in epoch us),
 -- idempotency (at: when the key may run again), singleton (run_id: the live run),
