@@ -447,5 +447,16 @@ def backlogs(admission: Admission, at_least: int = BACKLOG) -> dict[str, int]:
     return {key: limit for key, limit in admission.full.items() if met.get(key, 0) >= at_least}
 
 
+def to_park(admission: Admission, wanted: int) -> list[tuple[str, str, int]]:
+    """The candidates to park: all that were held back by a full key if they kept the claim
+    from taking `wanted` runs; else only those of keys with a backlog. A key that was full
+    only for a moment (its run takes milliseconds) would otherwise cost each of its runs a
+    park and a release; left at the head of the queue, the next claim meets them first."""
+    if len(admission.taken) < wanted:
+        return admission.parked
+    backlog = backlogs(admission)
+    return [entry for entry in admission.parked if entry[1] in backlog]
+
+
 def park_reason(key: str, limit: int) -> str:
     return f"concurrency: waited for key {key!r} (limit {limit})"

@@ -38,6 +38,7 @@ from stride._flow_decide import (
     pending_run_ids,
     plan_publish,
     state_keys,
+    to_park,
     unpark_counts,
 )
 from stride.errors import ConfigurationError
@@ -47,7 +48,7 @@ from stride.stores.base import NewRun
 
 Execute = Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]]
 """Runs one statement on the publishing connection (the store's, or the app's) -> rows."""
-BULK_PARK = 1000
+BULK_SCAN = 1000
 SWEEP_SECONDS = 2.0
 SCAN_KEYS = 32
 OVERFETCH, OVERFETCH_EXTRA, MAX_CANDIDATES = 2, 8, 512
@@ -225,25 +226,26 @@ def _running(s: str) -> str:
 
 
 def _apply(s: str) -> str:
-    # One statement: lease the runs taken; park those met whose key is full, and up to
-    # BULK_PARK more due runs of each key with a backlog; release parked runs of freed keys,
+    # One statement: lease the runs taken; park those met whose key is full, and the runs
+    # of keys with a backlog among the next BULK_SCAN due runs; release parked runs of freed keys,
     # oldest first; forget marks of runs that stopped; return the leased runs with their
     # events (and memo if resumed). No row is changed twice: taken and parked runs are
     # candidates; bulk and released runs are not (and differ by parked_on); stale marks are
     # of runs that are not candidates. Lease-only commit, as the plain claim's: a claim lost
     # in a crash loses leases, parks, releases and marks together.
     memo_columns = ", ".join(f"m.{column}" for column in STEP_COLUMNS.split(", "))
-    backlog = (
-        f"SELECT r.id, r.rank FROM (SELECT run_id FROM {s}.run_keys WHERE {{column}} = f.key "
-        "AND NOT leased AND parked_on IS NULL OFFSET 0) AS k CROSS JOIN LATERAL "
-        f"({_BY_ID.format(s=s)}) AS r WHERE r.{_CLAIMABLE} AND r.rank < %(park)s "
-        "AND r.available_at <= %(now)s AND r.id <> ALL(%(seen)s::text[]) "
-        f"LIMIT {BULK_PARK}")
+    # the runs of keys with a backlog among the next BULK_SCAN due runs (not a key index:
+    # it would cost every keyed run an entry on a random page, in and out)
     bulk = (
-        "SELECT f.key, f.reason, x.id, x.rank FROM unnest(%(backlog_keys)s::text[], "
-        "%(backlog_reasons)s::text[]) AS f(key, reason) CROSS JOIN LATERAL ("
-        f"SELECT * FROM ({backlog.format(column='ckey')}) AS one UNION ALL "
-        f"SELECT * FROM ({backlog.format(column='ckey2')}) AS two) AS x")
+        "SELECT f.key, f.reason, r.id, d.rank FROM (SELECT id, rank FROM "
+        f"{s}.runs WHERE {_CLAIMABLE} AND rank <= %(horizon)s AND available_at <= %(now)s "
+        f"AND app_id = %(app)s ORDER BY rank LIMIT {BULK_SCAN}) AS d "
+        f"JOIN {s}.run_keys k ON k.run_id = d.id "
+        "JOIN unnest(%(backlog_keys)s::text[], %(backlog_reasons)s::text[]) AS f(key, reason) "
+        "ON f.key IN (k.ckey, k.ckey2) CROSS JOIN LATERAL "
+        f"({_BY_ID.format(s=s).replace('k.run_id', 'd.id')}) AS r "
+        f"WHERE NOT k.leased AND k.parked_on IS NULL AND r.{_CLAIMABLE} "
+        "AND d.id <> ALL(%(seen)s::text[])")
     release = (
         "SELECT x.id FROM unnest(%(free_keys)s::text[], %(free_counts)s::int[]) AS u(key, n) "
         f"CROSS JOIN LATERAL (SELECT r.id FROM (SELECT run_id, parked_rank FROM {s}.run_keys "
@@ -491,8 +493,10 @@ async def _counts_of(cur: psycopg.AsyncCursor[Any] | None,
 def _apply_params(p: ClaimParams, admission: Admission, found: _Found) -> dict[str, Any]:
     # a parked head held back by the key it is parked on stays; by another key, it moves
     # there (that key's release will bring it back); by its job's limit, it is released
+    chosen = {run_id for run_id, _, _ in to_park(admission, p.limit)}
     parked = [(run_id, key, limit) for run_id, key, limit in admission.parked
-              if found.parked_on.get(run_id) != key]
+              if found.parked_on.get(run_id, key) != key
+              or (run_id in chosen and run_id not in found.parked_on)]
     blocked = {run_id for run_id, _, _ in admission.parked}
     released = [run_id for run_id in found.parked_on
                 if run_id not in blocked and run_id not in admission.taken]
@@ -501,7 +505,8 @@ def _apply_params(p: ClaimParams, admission: Admission, found: _Found) -> dict[s
     leased_at = time.time_ns() // 1_000_000  # after the locks: when the leases begin
     return {
         "worker": p.worker_id, "token": p.token, "expires": leased_at + p.lease_ms,
-        "now": p.now, "leased_at": leased_at,
+        "now": p.now, "leased_at": leased_at, "app": p.app_id,
+        "horizon": p.now + RANK_HORIZON_MS,
         "park": PARK, "taken": admission.taken, "resumed": found.resumed,
         "parked": [run_id for run_id, _, _ in parked],
         "parked_keys": [key for _, key, _ in parked],

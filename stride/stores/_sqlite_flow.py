@@ -26,6 +26,7 @@ from stride._flow_decide import (
     pending_run_ids,
     plan_publish,
     state_keys,
+    to_park,
     unpark_counts,
 )
 from stride._ids import new_id
@@ -36,8 +37,15 @@ CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
 MAX_PASSES = 4
 """Claim passes at most: each pass parks the runs of full keys it met, so the next sees
 other runs; a claim stays bounded even while keys fill up."""
-BULK_PARK = 1000
-"""Queued runs of a key found full parked at once (the rest on later claims)."""
+BULK_SCAN = 1000
+"""Due runs a claim looks through for more runs of keys with a backlog, to park at once."""
+OVERFETCH, OVERFETCH_EXTRA = 1.25, 8
+"""A pass reads up to want * 1.25 + 8 due runs and takes at most `want`: some candidates' keys
+are full, and a claim that returns fewer runs than asked tells the worker nothing more is
+due (it then waits for a change)."""
+SCAN_KEYS = 256
+"""Keys with parked runs a claim checks for free slots (round robin over all of them)."""
+COLLECT_SECONDS = 2.0
 RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
 """A due run's rank is at most this far past now (see the plain claim)."""
 _CHUNK = 400
@@ -132,15 +140,37 @@ def _write_states(conn: sqlite3.Connection, plan: PublishPlan) -> None:
 # -- claim --------------------------------------------------------------------------------
 
 
+class ClaimState:
+    """What a process's keyed claims remember: where the round robin over keys with parked
+    runs goes on, and when the run_keys rows of finished runs were last collected."""
+
+    def __init__(self) -> None:
+        self.cursor = ""
+        self._collected = 0.0
+
+    def collect_since(self) -> int | None:
+        """Every COLLECT_SECONDS, the time (ms) since which finished runs' rows go; else None."""
+        now = time.monotonic()
+        if now - self._collected < COLLECT_SECONDS:
+            return None
+        since, self._collected = self._collected, now
+        back = now - since + COLLECT_SECONDS if since else 60.0  # the first time: a minute
+        return _now_ms() - int(back * 1000)
+
+
 def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[str],
-                limit: int, lease_ms: int, concurrency: dict[str, int]) -> list[ClaimedRun]:
-    """Release parked runs of the keys that runs let go of since the last claim (as many as
-    free slots: oldest first, so they are the first candidates), then lease due runs in rank
-    order while their keys (and jobs) have free slots, parking the runs of full keys."""
+                limit: int, lease_ms: int, concurrency: dict[str, int],
+                state: ClaimState) -> list[ClaimedRun]:
+    """Release the oldest parked runs of keys with free slots again (they are the first
+    candidates then), then lease due runs in rank order while their keys (and jobs) have free
+    slots, parking the runs of full keys where they would hold the claim up."""
     from stride.stores import sqlite as store  # its claim helpers (it imports this module)
 
     now = _now_ms()
-    _release(conn, _freed(conn))
+    _release(conn, _parked_keys(conn, state))
+    since = state.collect_since()
+    if since is not None:
+        collect(conn, app_id, job_ids, since)
     job_free = store._free_capacity(conn, app_id, job_ids, concurrency)
     running: dict[str, int] = {}
     token = new_id()
@@ -150,19 +180,20 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
         want = limit - len(picked)
         if want <= 0 or not eligible:
             break
-        rows = _due(conn, app_id, eligible, now, want)
+        window = int(want * OVERFETCH) + OVERFETCH_EXTRA
+        rows = _due(conn, app_id, eligible, now, window)
         candidates = [Candidate(row[0], row[1], _keys(row[4:])) for row in rows]
         running.update(_count_running(conn, _unknown_keys(candidates, running)))
-        admission = admit(candidates, running, job_free)
+        admission = admit(candidates, running, job_free, want)
         running, job_free = admission.running, admission.job_free
         by_id = {row[0]: row for row in rows}
         taken = [(run_id, by_id[run_id][2]) for run_id in admission.taken]
         _lease(conn, taken, worker_id, token, now, lease_ms)
         _park(conn, [(run_id, key, limit, by_id[run_id][3])
-                     for run_id, key, limit in admission.parked])
+                     for run_id, key, limit in to_park(admission, want)])
         _park_backlogs(conn, backlogs(admission), now)
         picked += taken
-        if len(rows) < want or not (admission.parked or admission.held_jobs):
+        if len(rows) < window or not (admission.parked or admission.held_jobs):
             break
     return store._load_claimed(conn, [run_id for run_id, _ in picked],
                                [run_id for run_id, at in picked if at is not None], token)
@@ -192,48 +223,55 @@ def _unknown_keys(candidates: list[Candidate], known: dict[str, int]) -> list[st
 
 
 def _count_running(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
-    """Leased runs holding each key (in either key column). Exact here: every claim first
-    clears the marks of runs that stopped running (`_freed`), and claims are serialised."""
+    """Leased runs holding each key (in either key column). A mark whose run stopped running
+    is not counted (it stays until the run is leased again or its row is collected)."""
     counts = dict.fromkeys(keys, 0)
     for chunk in _chunks(keys):
         marks = _marks(len(chunk))
         for key, count in conn.execute(
-                f"SELECT ckey, count(*) FROM run_keys WHERE leased = 1 AND ckey IN ({marks}) "
-                f"GROUP BY ckey UNION ALL SELECT ckey2, count(*) FROM run_keys WHERE leased = 1 "
-                f"AND ckey2 IN ({marks}) GROUP BY ckey2", [*chunk, *chunk]):
+                "SELECT k.ckey, count(*) FROM run_keys k INDEXED BY run_keys_leased JOIN runs r "
+                f"ON r.id = k.run_id WHERE k.leased = 1 AND k.ckey IN ({marks}) "
+                "AND r.status = 'running' GROUP BY k.ckey UNION ALL "
+                "SELECT k.ckey2, count(*) FROM run_keys k INDEXED BY run_keys_leased2 JOIN runs r "
+                f"ON r.id = k.run_id WHERE k.leased = 1 AND k.ckey2 IN ({marks}) "
+                "AND r.status = 'running' GROUP BY k.ckey2", [*chunk, *chunk]):
             counts[key] += count
     return counts
 
 
-def _freed(conn: sqlite3.Connection) -> dict[str, int]:
-    """Keys that runs let go of since the last claim (key -> limit): runs marked leased that
-    are no longer running. A finished run's row goes; a requeued one is unmarked."""
-    rows = conn.execute(
-        "SELECT k.run_id, k.ckey, k.clim, k.ckey2, k.clim2, r.status IN "
-        "('completed', 'failed', 'cancelled', 'skipped') OR r.id IS NULL "
-        "FROM run_keys k INDEXED BY run_keys_leased LEFT JOIN runs r ON r.id = k.run_id "
-        "WHERE k.leased = 1 AND (r.status IS NULL OR r.status <> 'running')").fetchall()
-    conn.executemany("DELETE FROM run_keys WHERE run_id = ?",
-                     [(row[0],) for row in rows if row[5]])
-    conn.executemany("UPDATE run_keys SET leased = 0 WHERE run_id = ?",
-                     [(row[0],) for row in rows if not row[5]])
-    freed: dict[str, int] = {}
-    for _, ckey, clim, ckey2, clim2, _ in rows:
-        for key, limit in ((ckey, clim), (ckey2, clim2)):
-            if key is not None:
-                freed[key] = max(limit, freed.get(key, 0))
-    return freed
+def _parked_keys(conn: sqlite3.Connection, state: ClaimState) -> dict[str, int]:
+    """The next SCAN_KEYS keys with parked runs after the state's cursor (key -> limit), by
+    a loose scan of the parked index: one lookup per key, however many runs are parked."""
+    keys = [key for (key,) in conn.execute(
+        "WITH RECURSIVE scan(key) AS (SELECT min(parked_on) FROM run_keys "
+        "WHERE parked_on > ? UNION ALL SELECT (SELECT min(parked_on) FROM run_keys "
+        "WHERE parked_on > scan.key) FROM scan WHERE scan.key IS NOT NULL) "
+        "SELECT key FROM scan WHERE key IS NOT NULL LIMIT ?", (state.cursor, SCAN_KEYS))]
+    state.cursor = keys[-1] if len(keys) >= SCAN_KEYS else ""
+    limits = {}
+    for key in keys:
+        row = conn.execute("SELECT CASE WHEN ckey = ? THEN clim ELSE clim2 END FROM run_keys "
+                           "WHERE parked_on = ? LIMIT 1", (key, key)).fetchone()
+        limits[key] = row[0] if row else 1
+    return limits
 
 
-def _release(conn: sqlite3.Connection, freed: dict[str, int]) -> None:
-    """Bring back the oldest parked runs of the freed keys, as many as they have free slots."""
-    if not freed:
+def collect(conn: sqlite3.Connection, app_id: str, job_ids: list[str], since: int) -> None:
+    """Delete the run_keys rows of the jobs' runs that finished since `since` (ms)."""
+    # INDEXED BY: otherwise SQLite walks every finished run of the jobs (runs_job_status)
+    conn.execute(
+        "DELETE FROM run_keys WHERE run_id IN (SELECT id FROM runs INDEXED BY runs_ended "
+        "WHERE ended_at >= ? "
+        f"AND app_id = ? AND job_id IN ({_marks(len(job_ids))}) "
+        "AND status IN ('completed', 'failed', 'cancelled', 'skipped'))",
+        (since, app_id, *job_ids))
+
+
+def _release(conn: sqlite3.Connection, parked: dict[str, int]) -> None:
+    """Bring back the oldest parked runs of these keys, as many as they have free slots."""
+    if not parked:
         return
-    waiting = [key for chunk in _chunks(list(freed)) for (key,) in conn.execute(
-        f"SELECT DISTINCT parked_on FROM run_keys WHERE parked_on IN ({_marks(len(chunk))})",
-        chunk)]
-    counts = unpark_counts({key: freed[key] for key in waiting},
-                           _count_running(conn, waiting))
+    counts = unpark_counts(parked, _count_running(conn, list(parked)))
     for key, count in counts.items():
         ids = [(run_id,) for (run_id,) in conn.execute(
             "SELECT k.run_id FROM run_keys k INDEXED BY run_keys_parked JOIN runs r "
@@ -266,15 +304,19 @@ def _park(conn: sqlite3.Connection, parked: list[tuple[str, str, int, int]]) -> 
 
 
 def _park_backlogs(conn: sqlite3.Connection, keys: dict[str, int], now: int) -> None:
-    """Park up to BULK_PARK more due runs of each key with a backlog, at once."""
-    for key, limit in keys.items():
-        for column in ("ckey", "ckey2"):
-            rows = conn.execute(
-                f"SELECT k.run_id, r.rank FROM run_keys k JOIN runs r ON r.id = k.run_id "
-                f"WHERE k.{column} = ? AND k.leased = 0 AND k.parked_on IS NULL "
-                f"AND r.{CLAIMABLE} AND r.rank < ? AND r.available_at <= ? LIMIT ?",
-                (key, PARK, now, BULK_PARK)).fetchall()
-            _park(conn, [(run_id, key, limit, rank) for run_id, rank in rows])
+    """Park the runs of keys with a backlog among the next BULK_SCAN due runs, at once."""
+    if not keys:
+        return
+    marks = _marks(len(keys))
+    marks_sql = f"({marks})"
+    rows = conn.execute(
+        f"SELECT r.id, r.rank, CASE WHEN k.ckey IN {marks_sql} THEN k.ckey ELSE k.ckey2 END "
+        f"FROM (SELECT id, rank FROM runs INDEXED BY runs_due WHERE {CLAIMABLE} "
+        "AND rank <= ? AND available_at <= ? ORDER BY rank LIMIT ?) AS r "
+        f"CROSS JOIN run_keys k ON k.run_id = r.id WHERE (k.ckey IN {marks_sql} "
+        f"OR k.ckey2 IN {marks_sql}) AND k.leased = 0 AND k.parked_on IS NULL",
+        (*keys, now + RANK_HORIZON_MS, now, BULK_SCAN, *keys, *keys)).fetchall()
+    _park(conn, [(run_id, key, keys[key], rank) for run_id, rank, key in rows])
 
 
 # -- reads ---------------------------------------------------------------------------------

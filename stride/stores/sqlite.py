@@ -103,6 +103,7 @@ class SqliteStore:
         self._version_conn: sqlite3.Connection | None = None
         self._data_version = -1
         self._opened = False
+        self._flow: Any = None  # what this process's keyed claims remember (_sqlite_flow)
 
     @property
     def write_stats(self) -> WriterStats:
@@ -213,9 +214,10 @@ class SqliteStore:
         if any(job in keyed for job in job_ids):  # runs holding concurrency keys: see there
             from stride.stores import _sqlite_flow
 
+            state = self._flow = self._flow or _sqlite_flow.ClaimState()
             keyed_claim: list[ClaimedRun] = await self._writer.run(
                 lambda conn: _sqlite_flow.claim_keyed(conn, worker_id, app_id, list(job_ids),
-                                                      limit, lease_ms, dict(concurrency)))
+                                                      limit, lease_ms, dict(concurrency), state))
             return keyed_claim
         claimed: list[ClaimedRun] = await self._writer.run(
             lambda conn: _claim(conn, worker_id, app_id, list(job_ids), limit, lease_ms,

@@ -25,8 +25,8 @@ CREATE TABLE run_keys (
     parked_on   text,
     parked_rank bigint
 );
-CREATE INDEX run_keys_ckey ON run_keys (ckey);
-CREATE INDEX run_keys_ckey2 ON run_keys (ckey2) WHERE ckey2 IS NOT NULL;
+-- (no index on the keys themselves: one would get an entry on a random page per run, in and
+-- out; a key's queued runs are found by scanning the due runs when it has a backlog)
 -- the leased runs (few: at most the workers' total concurrency), by key
 CREATE INDEX run_keys_leased ON run_keys (ckey) WHERE leased;
 CREATE INDEX run_keys_leased2 ON run_keys (ckey2) WHERE leased AND ckey2 IS NOT NULL;
