@@ -5,12 +5,13 @@ what differs is how concurrent processes are kept from deciding on stale state:
 - publish: the limiter states are upserted and row-locked in key order (`INSERT ... ON
   CONFLICT DO UPDATE ... RETURNING`), then the runs they point at (FOR UPDATE, id order),
   so two dispatches touching one key decide one after the other, and never deadlock;
-- claim (four statements, one transaction): lock the candidate runs (SKIP LOCKED) and take
-  the keys freed since the last claim; take transaction advisory locks on every key
-  involved, in hash order (after the jobs' own locks, in name order, as the plain claim
-  takes them); count the leased runs per key, now that no other claimer can change them;
-  then lease, park and release in one statement. Finishing runs never take those locks: a
-  trigger appends the keys they let go of to `flow_freed`, which the next claim reads.
+- claim (one transaction, pipelined in three round trips): lock the candidate runs (SKIP
+  LOCKED): the oldest parked runs of keys with parked runs (round robin) and the due runs;
+  try the keys' transaction advisory locks (after the jobs' own locks, taken as the plain
+  claim takes them): a candidate whose key another claimer holds is left for the next
+  claim, so claims never wait on each other; count the leased runs per key, now that no
+  other claimer can change the locked ones; then lease, park and release in one statement.
+  Finishing runs take no lock and write nothing about keys: a claim counts leased runs.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from stride.stores.base import NewRun
 Execute = Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]]
 """Runs one statement on the publishing connection (the store's, or the app's) -> rows."""
 BULK_SCAN = 1000
-SWEEP_SECONDS = 2.0
+COLLECT_SECONDS = 2.0
 SCAN_KEYS = 32
 OVERFETCH, OVERFETCH_EXTRA, MAX_CANDIDATES = 2, 8, 512
 """A keyed claim reads up to limit * 2 + 8 due runs (at most 512) and takes at most `limit`:
@@ -58,6 +59,7 @@ returns fewer runs than asked tells the worker that nothing more is due."""
 RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
 """A due run's rank is at most this far past now (see the plain claim)."""
 _CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
+_FINISHED = "('completed', 'failed', 'cancelled', 'skipped')"
 INDEX_DRIVEN = ("SELECT set_config('enable_seqscan', 'off', true), "
                 "set_config('enable_hashjoin', 'off', true), "
                 "set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)")
@@ -78,20 +80,22 @@ def _json(items: Sequence[Sequence[Any]]) -> str:
 
 
 class ClaimState:
-    """A process's keyed claims' memory: when to sweep next, and where the round robin over
-    keys with parked runs goes on (see `_candidates`)."""
+    """A process's keyed claims' memory: where the round robin over keys with parked runs
+    goes on (see `_candidates`), and when the run_keys rows of finished runs were last
+    collected."""
 
-    def __init__(self, every: float = SWEEP_SECONDS) -> None:
-        self._every = every
-        self._next = 0.0
+    def __init__(self) -> None:
         self.cursor = ""
+        self._collected = 0.0
 
-    def sweep_due(self) -> bool:
+    def collect_since(self) -> int | None:
+        """Every COLLECT_SECONDS, the time (ms) since which finished runs' rows go; else None."""
         now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + self._every
-        return True
+        if now - self._collected < COLLECT_SECONDS:
+            return None
+        since, self._collected = self._collected, now
+        back = now - since + COLLECT_SECONDS if since else 60.0  # the first time: a minute
+        return time.time_ns() // 1_000_000 - int(back * 1000)
 
 
 class FlowStatements:
@@ -160,39 +164,24 @@ class FlowStatements:
 
 
 def _candidates(s: str) -> str:
-    # Runs marked leased that stopped running (their keys have a free slot again: looked for
-    # only where a key has parked runs waiting, and everywhere on a sweep), plus the next
-    # SCAN_KEYS keys with parked runs after `cursor` (round robin: a key whose release was
-    # missed, say its parked run was locked by another claimer just then, is checked again
-    # within a few claims, so no parked run waits for ever on a signal that was used), the
-    # parked runs of those keys (up to the key's limit: they waited longest), and the due
-    # runs in rank order (rank <= horizon < PARK: parked runs and runs due later are out of
-    # the scan), with their keys. The runs are locked (SKIP LOCKED), so concurrent claimers
-    # take different ones; the marks are not: they are changed later under the keys' locks.
-    # Shapes that do not depend on statistics (a fresh table has none): index-ordered
-    # subqueries kept apart by OFFSET 0, and runs looked up by primary key (LATERAL).
-    finished = "('completed', 'failed', 'cancelled', 'skipped')"
+    # The next SCAN_KEYS keys with parked runs after `cursor` (round robin over all of them,
+    # one index lookup per key), the oldest parked runs of each (up to the key's limit: they
+    # waited longest, and the claim takes them if the key has free slots), and the due runs
+    # in rank order (rank <= horizon < PARK: parked runs and runs due later are out of the
+    # scan), with their keys; the runs locked (SKIP LOCKED), so concurrent claimers take
+    # different ones. Shapes that do not depend on statistics (a fresh table has none):
+    # index-ordered subqueries kept apart by OFFSET 0, runs looked up by primary key.
     mine = ("app_id = %(app)s AND job_id = ANY(%(jobs)s::text[]) "
             "AND available_at <= %(now)s")
     keys = "k.ckey, k.clim, k.ckey2, k.clim2"
     return (
-        f"WITH RECURSIVE stale AS (SELECT k.run_id, {keys}, "
-        f"(r.status IS NULL OR r.status IN {finished}) AS done FROM {s}.run_keys k "
-        f"LEFT JOIN LATERAL (SELECT status FROM {s}.runs "
-        "WHERE id = k.run_id OFFSET 0) AS r ON true WHERE k.leased "
-        f"AND (%(sweep)s OR EXISTS (SELECT 1 FROM {s}.run_keys p "
-        "WHERE p.parked_on IN (k.ckey, k.ckey2))) "
-        "AND r.status IS DISTINCT FROM 'running'), "
-        f"scan(key) AS ((SELECT parked_on FROM {s}.run_keys WHERE parked_on > %(cursor)s "
-        f"ORDER BY parked_on LIMIT 1) UNION ALL SELECT (SELECT parked_on FROM {s}.run_keys "
-        "WHERE parked_on > scan.key ORDER BY parked_on LIMIT 1) FROM scan "
-        "WHERE scan.key IS NOT NULL), "
+        f"WITH RECURSIVE scan(key) AS ((SELECT parked_on FROM {s}.run_keys "
+        "WHERE parked_on > %(cursor)s ORDER BY parked_on LIMIT 1) UNION ALL SELECT (SELECT "
+        f"parked_on FROM {s}.run_keys WHERE parked_on > scan.key ORDER BY parked_on LIMIT 1) "
+        "FROM scan WHERE scan.key IS NOT NULL), "
         f"scanned AS (SELECT key FROM scan WHERE key IS NOT NULL LIMIT {SCAN_KEYS}), "
-        "freed AS (SELECT key, max(lim) AS lim FROM (SELECT ckey AS key, clim AS lim FROM stale "
-        "UNION ALL SELECT ckey2, clim2 FROM stale WHERE ckey2 IS NOT NULL "
-        "UNION ALL SELECT q.key, (SELECT CASE WHEN ckey = q.key THEN clim ELSE clim2 END "
-        f"FROM {s}.run_keys WHERE parked_on = q.key LIMIT 1) FROM scanned q) AS f "
-        "GROUP BY key), "
+        "freed AS (SELECT q.key, (SELECT CASE WHEN ckey = q.key THEN clim ELSE clim2 END "
+        f"FROM {s}.run_keys WHERE parked_on = q.key LIMIT 1) AS lim FROM scanned q), "
         "heads AS (SELECT x.* FROM freed f CROSS JOIN LATERAL (SELECT r.id, r.job_id, "
         f"r.started_at, k.parked_rank AS rank, {keys}, k.parked_on FROM (SELECT * FROM "
         f"{s}.run_keys WHERE parked_on = f.key ORDER BY parked_rank OFFSET 0) AS k "
@@ -206,20 +195,18 @@ def _candidates(s: str) -> str:
         "parked_on FROM heads "
         "UNION ALL SELECT 'c', id, job_id, started_at IS NOT NULL, rank, ckey, clim, ckey2, "
         "clim2, parked_on FROM due "
-        "UNION ALL SELECT 'f', NULL, NULL, NULL, NULL, key, lim, NULL, NULL, NULL FROM freed "
-        "UNION ALL SELECT 's', run_id, NULL, done, NULL, ckey, NULL, ckey2, NULL, NULL "
-        "FROM stale UNION ALL SELECT 'p', NULL, NULL, NULL, NULL, key, NULL, NULL, NULL, NULL "
-        "FROM scanned")
+        "UNION ALL SELECT 'f', NULL, NULL, NULL, NULL, key, lim, NULL, NULL, NULL FROM freed")
 
 
 def _running(s: str) -> str:
-    # leased runs per key (either key column; a mark whose run stopped is not counted) and
-    # per job with a job-wide limit
-    count = (f"(SELECT count(*) FROM {s}.run_keys k WHERE k.leased AND k.{{column}} = q.key "
-             f"AND (SELECT status FROM {s}.runs r WHERE r.id = k.run_id) = 'running')")
+    # leased runs per key: the leased runs (few, by their partial index) joined to their
+    # keys; and per job with a job-wide limit. Sent after the locks: counts of locked keys
+    # cannot change under the claim.
+    held = (f"SELECT k.ckey, k.ckey2 FROM {s}.runs r JOIN {s}.run_keys k ON k.run_id = r.id "
+            "WHERE r.status = 'running'")
     return (
-        f"SELECT 'k', q.key, {count.format(column='ckey')} + {count.format(column='ckey2')} "
-        "FROM unnest(%(keys)s::text[]) AS q(key) "
+        f"SELECT 'k', h.key, count(*) FROM (SELECT ckey AS key FROM ({held}) AS a UNION ALL "
+        f"SELECT ckey2 FROM ({held}) AS b WHERE ckey2 IS NOT NULL) AS h GROUP BY h.key "
         f"UNION ALL SELECT 'j', j.job_id, (SELECT count(*) FROM {s}.runs WHERE "
         "status = 'running' AND app_id = %(app)s AND job_id = j.job_id) "
         "FROM unnest(%(limited)s::text[]) AS j(job_id)")
@@ -227,12 +214,12 @@ def _running(s: str) -> str:
 
 def _apply(s: str) -> str:
     # One statement: lease the runs taken; park those met whose key is full, and the runs
-    # of keys with a backlog among the next BULK_SCAN due runs; release parked runs of freed keys,
-    # oldest first; forget marks of runs that stopped; return the leased runs with their
-    # events (and memo if resumed). No row is changed twice: taken and parked runs are
-    # candidates; bulk and released runs are not (and differ by parked_on); stale marks are
-    # of runs that are not candidates. Lease-only commit, as the plain claim's: a claim lost
-    # in a crash loses leases, parks, releases and marks together.
+    # of keys with a backlog among the next BULK_SCAN due runs; release parked runs of keys
+    # with free slots, oldest first; now and then delete the run_keys rows of runs that
+    # finished; return the leased runs with their events (and memo if resumed). No row is
+    # changed twice: taken and parked runs are candidates; bulk and released runs are not
+    # (and differ by parked_on). Lease-only commit, as the plain claim's: a claim lost in a
+    # crash loses its leases, parks and releases together.
     memo_columns = ", ".join(f"m.{column}" for column in STEP_COLUMNS.split(", "))
     # the runs of keys with a backlog among the next BULK_SCAN due runs (not a key index:
     # it would cost every keyed run an entry on a random page, in and out)
@@ -244,7 +231,7 @@ def _apply(s: str) -> str:
         "JOIN unnest(%(backlog_keys)s::text[], %(backlog_reasons)s::text[]) AS f(key, reason) "
         "ON f.key IN (k.ckey, k.ckey2) CROSS JOIN LATERAL "
         f"({_BY_ID.format(s=s).replace('k.run_id', 'd.id')}) AS r "
-        f"WHERE NOT k.leased AND k.parked_on IS NULL AND r.{_CLAIMABLE} "
+        f"WHERE k.parked_on IS NULL AND r.{_CLAIMABLE} "
         "AND d.id <> ALL(%(seen)s::text[])")
     release = (
         "SELECT x.id FROM unnest(%(free_keys)s::text[], %(free_counts)s::int[]) AS u(key, n) "
@@ -259,14 +246,14 @@ def _apply(s: str) -> str:
         "rank = CASE WHEN r.rank >= %(park)s THEN r.rank - %(park)s ELSE r.rank END "
         "FROM unnest(%(taken)s::text[]) AS t(id) WHERE r.id = t.id "
         "RETURNING r.id, r.job_id, r.event_id, r.attempt, r.errors, r.created_at, r.rank), "
-        f"marked AS (UPDATE {s}.run_keys k SET leased = true, parked_on = NULL, "
-        "parked_rank = NULL FROM unnest(%(taken)s::text[]) AS t(id) WHERE k.run_id = t.id "
-        "RETURNING 1), "
+        f"unparked AS (UPDATE {s}.run_keys k SET parked_on = NULL, parked_rank = NULL "
+        "FROM unnest(%(taken)s::text[]) AS t(id) WHERE k.run_id = t.id "
+        "AND k.parked_on IS NOT NULL RETURNING 1), "
         f"parked AS (UPDATE {s}.runs r SET reason = p.reason, "
         "rank = CASE WHEN r.rank < %(park)s THEN r.rank + %(park)s ELSE r.rank END "
         "FROM unnest(%(parked)s::text[], %(parked_reasons)s::text[]) AS p(id, reason) "
         "WHERE r.id = p.id RETURNING 1), "
-        f"parked_keys AS (UPDATE {s}.run_keys k SET parked_on = p.key, leased = false, "
+        f"parked_keys AS (UPDATE {s}.run_keys k SET parked_on = p.key, "
         "parked_rank = coalesce(k.parked_rank, p.rank) FROM unnest(%(parked)s::text[], "
         "%(parked_keys)s::text[], %(parked_ranks)s::bigint[]) AS p(id, key, rank) "
         "WHERE k.run_id = p.id RETURNING 1), "
@@ -280,11 +267,9 @@ def _apply(s: str) -> str:
         "WHERE r.id = u.id AND r.rank >= %(park)s RETURNING 1), "
         f"released_keys AS (UPDATE {s}.run_keys k SET parked_on = NULL, parked_rank = NULL "
         "FROM release_ids u WHERE k.run_id = u.id RETURNING 1), "
-        f"stale_gone AS (DELETE FROM {s}.run_keys k USING unnest(%(done)s::text[]) AS d(id) "
-        "WHERE k.run_id = d.id RETURNING 1), "
-        f"stale_unmarked AS (UPDATE {s}.run_keys k SET leased = false "
-        "FROM unnest(%(requeued)s::text[]) AS q(id) WHERE k.run_id = q.id AND k.leased "
-        f"AND (SELECT status FROM {s}.runs r WHERE r.id = k.run_id) <> 'running' RETURNING 1) "
+        f"collected AS (DELETE FROM {s}.run_keys k USING (SELECT id FROM {s}.runs "
+        "WHERE %(collect)s AND ended_at >= %(collect_since)s AND app_id = %(app)s "
+        f"AND status IN {_FINISHED}) AS f WHERE k.run_id = f.id RETURNING 1) "
         "SELECT l.id, l.job_id, l.attempt, l.errors, l.created_at, "
         "CASE WHEN l.id = ANY(%(resumed)s::text[]) THEN (SELECT json_agg(json_build_array("
         f"{memo_columns}) ORDER BY m.position)::text FROM {s}.steps m WHERE m.run_id = l.id) "
@@ -394,9 +379,6 @@ class ClaimParams:
     limits: dict[str, int]
     """Job-wide limits of the claimed jobs (taken under the jobs' advisory locks)."""
     state: ClaimState = field(default_factory=lambda: ClaimState())
-    """Where the round robin over parked keys goes on, and when to sweep: also forget the
-    marks of every run that stopped running (not only of keys with parked runs), which are
-    only garbage by then (counts check each run's status), so now and then."""
 
 
 async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
@@ -409,7 +391,7 @@ async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
         await conn.execute(INDEX_DRIVEN)
         cur = await conn.execute(sql.candidates, {
             "now": p.now, "app": p.app_id, "jobs": p.job_ids, "horizon": p.now + RANK_HORIZON_MS,
-            "sweep": p.state.sweep_due(), "cursor": p.state.cursor,
+            "cursor": p.state.cursor,
             "limit": min(p.limit * OVERFETCH + OVERFETCH_EXTRA, MAX_CANDIDATES)})
         found = _Found(await cur.fetchall())
         p.state.cursor = found.next_cursor
@@ -427,8 +409,8 @@ async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
 
 
 class _Found:
-    """What the first statement found: parked heads of freed keys, then due runs (the
-    candidates, in that order), and the freed keys with their limits."""
+    """What the first statement found: the oldest parked runs of keys with parked runs, then
+    due runs (the candidates, in that order), and those keys with their limits."""
 
     def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         heads = sorted((r for r in rows if r[0] == "h"), key=lambda r: r[4])
@@ -438,28 +420,16 @@ class _Found:
         self.ranks = {r[1]: r[4] for r in heads + due}
         self.resumed = [r[1] for r in heads + due if r[3]]
         self.seen = [c.run_id for c in self.candidates]
-        self.stale = [(r[1], bool(r[3]), {key for key in (r[5], r[7]) if key is not None})
-                      for r in rows if r[0] == "s"]
-        self.done: list[str] = []
-        self.requeued: list[str] = []
-        self.freed: dict[str, int] = {}
-        for row in rows:
-            if row[0] == "f":
-                self.freed[row[5]] = max(row[6], self.freed.get(row[5], 0))
+        self.freed = {row[5]: row[6] or 1 for row in rows if row[0] == "f"}
         self.keys = sorted({key for c in self.candidates for key, _ in c.keys} | set(self.freed))
-        scanned = [row[5] for row in rows if row[0] == "p"]
-        self.next_cursor = max(scanned) if len(scanned) >= SCAN_KEYS else ""
+        self.next_cursor = max(self.freed) if len(self.freed) >= SCAN_KEYS else ""
 
     def keep(self, locked: set[str]) -> None:
         """Keep only what the keys this claim could lock allow it to decide on: candidates
-        whose keys are all locked, freed keys that are, marks whose keys all are."""
+        whose keys are all locked, and parked keys that are."""
         self.candidates = [c for c in self.candidates
                            if all(key in locked for key, _ in c.keys)]
         self.freed = {key: limit for key, limit in self.freed.items() if key in locked}
-        seen = set(self.seen)
-        ours = [(run_id, done) for run_id, done, keys in self.stale if keys <= locked]
-        self.done = [run_id for run_id, done in ours if done]
-        self.requeued = [run_id for run_id, done in ours if not done and run_id not in seen]
 
 
 def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
@@ -501,6 +471,7 @@ def _apply_params(p: ClaimParams, admission: Admission, found: _Found) -> dict[s
     released = [run_id for run_id in found.parked_on
                 if run_id not in blocked and run_id not in admission.taken]
     release = unpark_counts(found.freed, admission.running)
+    since = p.state.collect_since()
     backlog = backlogs(admission)
     leased_at = time.time_ns() // 1_000_000  # after the locks: when the leases begin
     return {
@@ -516,5 +487,5 @@ def _apply_params(p: ClaimParams, admission: Admission, found: _Found) -> dict[s
         "backlog_reasons": [park_reason(key, limit) for key, limit in backlog.items()],
         "seen": found.seen,
         "free_keys": list(release), "free_counts": list(release.values()),
-        "released": released, "done": found.done, "requeued": found.requeued,
+        "released": released, "collect": since is not None, "collect_since": since or 0,
     }

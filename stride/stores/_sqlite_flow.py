@@ -167,12 +167,12 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
     from stride.stores import sqlite as store  # its claim helpers (it imports this module)
 
     now = _now_ms()
-    _release(conn, _parked_keys(conn, state))
+    running = _running_counts(conn)
+    _release(conn, _parked_keys(conn, state), running)
     since = state.collect_since()
     if since is not None:
         collect(conn, app_id, job_ids, since)
     job_free = store._free_capacity(conn, app_id, job_ids, concurrency)
-    running: dict[str, int] = {}
     token = new_id()
     picked: list[tuple[str, int | None]] = []
     for _ in range(MAX_PASSES):
@@ -183,7 +183,6 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
         window = int(want * OVERFETCH) + OVERFETCH_EXTRA
         rows = _due(conn, app_id, eligible, now, window)
         candidates = [Candidate(row[0], row[1], _keys(row[4:])) for row in rows]
-        running.update(_count_running(conn, _unknown_keys(candidates, running)))
         admission = admit(candidates, running, job_free, want)
         running, job_free = admission.running, admission.job_free
         by_id = {row[0]: row for row in rows}
@@ -218,24 +217,16 @@ def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
     return ((ckey, clim),) if ckey2 is None else ((ckey, clim), (ckey2, clim2))
 
 
-def _unknown_keys(candidates: list[Candidate], known: dict[str, int]) -> list[str]:
-    return sorted({key for c in candidates for key, _ in c.keys if key not in known})
-
-
-def _count_running(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
-    """Leased runs holding each key (in either key column). A mark whose run stopped running
-    is not counted (it stays until the run is leased again or its row is collected)."""
-    counts = dict.fromkeys(keys, 0)
-    for chunk in _chunks(keys):
-        marks = _marks(len(chunk))
-        for key, count in conn.execute(
-                "SELECT k.ckey, count(*) FROM run_keys k INDEXED BY run_keys_leased JOIN runs r "
-                f"ON r.id = k.run_id WHERE k.leased = 1 AND k.ckey IN ({marks}) "
-                "AND r.status = 'running' GROUP BY k.ckey UNION ALL "
-                "SELECT k.ckey2, count(*) FROM run_keys k INDEXED BY run_keys_leased2 JOIN runs r "
-                f"ON r.id = k.run_id WHERE k.leased = 1 AND k.ckey2 IN ({marks}) "
-                "AND r.status = 'running' GROUP BY k.ckey2", [*chunk, *chunk]):
-            counts[key] += count
+def _running_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Leased runs holding each key: the leased runs (few, by their partial index) joined to
+    their keys. Claims are serialised, so this stays true for the whole claim."""
+    counts: dict[str, int] = {}
+    for ckey, ckey2 in conn.execute(
+            "SELECT k.ckey, k.ckey2 FROM runs r INDEXED BY runs_lease_owner CROSS JOIN run_keys k "
+            "ON k.run_id = r.id WHERE r.status = 'running'"):
+        for key in (ckey, ckey2):
+            if key is not None:
+                counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -267,11 +258,11 @@ def collect(conn: sqlite3.Connection, app_id: str, job_ids: list[str], since: in
         (since, app_id, *job_ids))
 
 
-def _release(conn: sqlite3.Connection, parked: dict[str, int]) -> None:
+def _release(conn: sqlite3.Connection, parked: dict[str, int], running: dict[str, int]) -> None:
     """Bring back the oldest parked runs of these keys, as many as they have free slots."""
     if not parked:
         return
-    counts = unpark_counts(parked, _count_running(conn, list(parked)))
+    counts = unpark_counts(parked, running)
     for key, count in counts.items():
         ids = [(run_id,) for (run_id,) in conn.execute(
             "SELECT k.run_id FROM run_keys k INDEXED BY run_keys_parked JOIN runs r "
@@ -289,8 +280,6 @@ def _lease(conn: sqlite3.Connection, taken: list[tuple[str, int | None]], worker
         "UPDATE runs SET status = 'running', lease_owner = ?, lease_token = ?, "
         "lease_expires_at = ?, started_at = coalesce(started_at, ?) WHERE id = ?",
         [(worker_id, token, now + lease_ms, now, run_id) for run_id, _ in taken])
-    conn.executemany("UPDATE run_keys SET leased = 1 WHERE run_id = ?",
-                     [(run_id,) for run_id, _ in taken])
 
 
 def _park(conn: sqlite3.Connection, parked: list[tuple[str, str, int, int]]) -> None:
@@ -299,7 +288,7 @@ def _park(conn: sqlite3.Connection, parked: list[tuple[str, str, int, int]]) -> 
         "UPDATE runs SET rank = rank + ?, reason = ? WHERE id = ? AND rank < ?",
         [(PARK, park_reason(key, limit), run_id, PARK) for run_id, key, limit, _ in parked])
     conn.executemany(
-        "UPDATE run_keys SET parked_on = ?, parked_rank = ?, leased = 0 WHERE run_id = ?",
+        "UPDATE run_keys SET parked_on = ?, parked_rank = ? WHERE run_id = ?",
         [(key, rank, run_id) for run_id, key, _, rank in parked])
 
 
@@ -314,7 +303,7 @@ def _park_backlogs(conn: sqlite3.Connection, keys: dict[str, int], now: int) -> 
         f"FROM (SELECT id, rank FROM runs INDEXED BY runs_due WHERE {CLAIMABLE} "
         "AND rank <= ? AND available_at <= ? ORDER BY rank LIMIT ?) AS r "
         f"CROSS JOIN run_keys k ON k.run_id = r.id WHERE (k.ckey IN {marks_sql} "
-        f"OR k.ckey2 IN {marks_sql}) AND k.leased = 0 AND k.parked_on IS NULL",
+        f"OR k.ckey2 IN {marks_sql}) AND k.parked_on IS NULL",
         (*keys, now + RANK_HORIZON_MS, now, BULK_SCAN, *keys, *keys)).fetchall()
     _park(conn, [(run_id, key, keys[key], rank) for run_id, rank, key in rows])
 

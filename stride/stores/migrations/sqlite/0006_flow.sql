@@ -8,10 +8,10 @@
 -- why flow control delayed, skipped, merged or cancelled the run
 ALTER TABLE runs ADD COLUMN reason TEXT;
 
--- The concurrency keys of a run of a keyed job (at most two, with their limits).
--- leased      1 from the claim that leased the run until a later claim finds it no longer
---             running: that is how claims learn that a key has a free slot again (the row
---             is then deleted if the run finished, so the table holds live runs only)
+-- The concurrency keys of a run of a keyed job (at most two, with their limits). A claim
+-- counts the runs holding a key by joining the leased runs (few: at most the workers' total
+-- concurrency, by the runs' own partial index) to this table, so nothing here changes when
+-- a run is leased or finishes; rows of finished runs are deleted in batches.
 -- parked_on   the full key a claim parked the run on; the run's rank is moved past 2**52
 --             (stride._flow_decide.PARK), out of the range claims scan, until released
 -- parked_rank its rank before, so parked runs come back oldest first
@@ -21,16 +21,12 @@ CREATE TABLE run_keys (
     clim        INTEGER NOT NULL,
     ckey2       TEXT,
     clim2       INTEGER,
-    leased      INTEGER NOT NULL DEFAULT 0,
     parked_on   TEXT,
     parked_rank INTEGER
 ) WITHOUT ROWID;
--- (no index on the keys themselves: one would get an entry on a random page per run, in and
--- out; a key's queued runs are found by scanning the due runs when it has a backlog)
--- the leased runs (few: at most the workers' total concurrency), by key
-CREATE INDEX run_keys_leased ON run_keys (ckey) WHERE leased = 1;
-CREATE INDEX run_keys_leased2 ON run_keys (ckey2) WHERE leased = 1 AND ckey2 IS NOT NULL;
--- the parked runs of a key, oldest first
+-- the parked runs of a key, oldest first (a key's other runs are found by scanning the due
+-- runs when it has a backlog: an index on the keys would cost every run an entry on a
+-- random page, in and out)
 CREATE INDEX run_keys_parked ON run_keys (parked_on, parked_rank) WHERE parked_on IS NOT NULL;
 
 -- One row per limiter and key: throttle and rate limit (at: GCRA tat in epoch us),
