@@ -225,7 +225,8 @@ def _apply(s: str) -> str:
     # it would cost every keyed run an entry on a random page, in and out)
     bulk = (
         "SELECT f.key, f.reason, r.id, d.rank FROM (SELECT id, rank FROM "
-        f"{s}.runs WHERE {_CLAIMABLE} AND rank <= %(horizon)s AND available_at <= %(now)s "
+        f"{s}.runs WHERE cardinality(%(backlog_keys)s::text[]) > 0 AND {_CLAIMABLE} "
+        "AND rank <= %(horizon)s AND available_at <= %(now)s "
         f"AND app_id = %(app)s ORDER BY rank LIMIT {BULK_SCAN}) AS d "
         f"JOIN {s}.run_keys k ON k.run_id = d.id "
         "JOIN unnest(%(backlog_keys)s::text[], %(backlog_reasons)s::text[]) AS f(key, reason) "
