@@ -61,11 +61,13 @@ RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
 _CLAIMABLE = "status IN ('queued', 'sleeping', 'waiting')"
 _FINISHED = "('completed', 'failed', 'cancelled', 'skipped')"
 INDEX_DRIVEN = ("SELECT set_config('enable_seqscan', 'off', true), "
+                "set_config('enable_bitmapscan', 'off', true), "
                 "set_config('enable_hashjoin', 'off', true), "
                 "set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)")
 """The keyed claim's statements touch a few rows each by index; where a table has no
 statistics yet (a fresh schema under load: autovacuum has not analysed it) the planner
-preferred hash joins over full scans of runs (8-30 ms a statement instead of < 1 ms).
+preferred hash joins over full scans of runs (8-30 ms a statement instead of < 1 ms), and
+read every parked run of a key to sort them where the index gives the oldest first.
 Disabling them adds a huge cost to the alternatives, which would make PostgreSQL JIT-compile
 the statements (100+ ms each): so no JIT either. For the claim's transaction only."""
 _BY_ID = ("SELECT id, job_id, started_at, rank, status, app_id, available_at FROM {s}.runs "
@@ -202,11 +204,10 @@ def _running(s: str) -> str:
     # leased runs per key: the leased runs (few, by their partial index) joined to their
     # keys; and per job with a job-wide limit. Sent after the locks: counts of locked keys
     # cannot change under the claim.
-    held = (f"SELECT k.ckey, k.ckey2 FROM {s}.runs r JOIN {s}.run_keys k ON k.run_id = r.id "
-            "WHERE r.status = 'running'")
     return (
-        f"SELECT 'k', h.key, count(*) FROM (SELECT ckey AS key FROM ({held}) AS a UNION ALL "
-        f"SELECT ckey2 FROM ({held}) AS b WHERE ckey2 IS NOT NULL) AS h GROUP BY h.key "
+        f"SELECT 'k', v.key, count(*) FROM {s}.runs r JOIN {s}.run_keys k ON k.run_id = r.id "
+        "CROSS JOIN LATERAL (VALUES (k.ckey), (k.ckey2)) AS v(key) "
+        "WHERE r.status = 'running' AND v.key IS NOT NULL GROUP BY v.key "
         f"UNION ALL SELECT 'j', j.job_id, (SELECT count(*) FROM {s}.runs WHERE "
         "status = 'running' AND app_id = %(app)s AND job_id = j.job_id) "
         "FROM unnest(%(limited)s::text[]) AS j(job_id)")
