@@ -44,10 +44,12 @@ _JOB_ID = re.compile(r"^[a-z0-9][a-z0-9._\-]{0,127}$")
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Delay before attempt n+1: `initial * factor**(n-1)`, capped at `maximum`, ± `jitter`.
+    """Delay before attempt n+1: `initial * factor**(n-1)` ± `jitter`, never above `maximum`.
 
     The default (1 s, doubling, at most 1 h, ±20 %) spreads retries of many failing runs
-    so that they do not hit a recovering service at the same instant.
+    so that they do not hit a recovering service at the same instant. The cap applies after
+    the jitter: `maximum` is a promise to the user, so runs at the cap spread below it
+    (uniformly, not piled up on the cap itself).
     """
 
     initial: float = 1.0
@@ -66,8 +68,8 @@ class Backoff:
     def delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the `failed_attempts`-th failure (1-based)."""
         base = min(self.maximum, self.initial * self.factor ** max(0, failed_attempts - 1))
-        spread = (rng or random).uniform(-self.jitter, self.jitter)
-        return max(0.0, base * (1 + spread))
+        low, high = base * (1 - self.jitter), min(self.maximum, base * (1 + self.jitter))
+        return max(0.0, (rng or random).uniform(low, high))
 
 
 @dataclass(frozen=True, slots=True)

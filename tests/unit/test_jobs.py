@@ -98,14 +98,24 @@ def test_jitter_spreads_the_delays_of_many_runs() -> None:
        factor=st.floats(min_value=1, max_value=5),
        maximum=st.floats(min_value=0.001, max_value=7200),
        seed=st.integers())
-def test_the_delay_is_within_twenty_percent_of_the_capped_base(
+def test_the_delay_is_within_twenty_percent_of_the_base_and_never_above_maximum(
         attempt: int, initial: float, factor: float, maximum: float, seed: int) -> None:
     backoff = Backoff(initial=initial, factor=factor, maximum=maximum)  # jitter 0.2
     base = min(maximum, initial * factor ** (attempt - 1))
 
     delay = backoff.delay(attempt, random.Random(seed))
 
-    assert base * 0.8 - 1e-9 <= delay <= base * 1.2 + 1e-9
+    assert base * 0.8 - 1e-9 <= delay <= min(maximum, base * 1.2) + 1e-9
+
+
+def test_runs_at_the_cap_spread_below_maximum_not_above() -> None:
+    backoff = Backoff(initial=1, factor=2, maximum=60)
+    rng = random.Random(3)
+
+    delays = [backoff.delay(30, rng) for _ in range(200)]
+
+    assert max(delays) <= 60
+    assert min(delays) < 50 and len(set(delays)) > 100
 
 
 @given(jitter=st.floats(min_value=0, max_value=0.99), seed=st.integers())
