@@ -14,13 +14,21 @@ Four jobs, each triggered by a typed event:
 `jobs` uses STRIDE_DATABASE_URL (else ./.stride/stride.db); `create_app(database_url=...)`
 builds another instance, e.g. for tests. Results go to STRIDE_EXAMPLE_OUTPUT (else
 ./.stride/summaries).
+
+PORYGON_DATABASE_URL (a PostgreSQL URL) gives `process-message` a messaging database under
+row-level security (`messaging_db`); `create_app(messaging=MessagingDatabase(...))` picks
+another one. Without it the job needs no database: SQLite has no row-level security to enforce.
+
+    PORYGON_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \
+        stride dev examples.porygon.app:jobs --demo
 """
 
 from examples.porygon.demo import demo
 from examples.porygon.jobs_ai import GenerationRequested, generate_ai_response
 from examples.porygon.jobs_files import FileUploaded, process_context_file
-from examples.porygon.jobs_messaging import SendRequested, process_message
+from examples.porygon.jobs_messaging import SendRequested, message_handler
 from examples.porygon.jobs_system import HealthCheck, health_check
+from examples.porygon.messaging_db import MessagingDatabase
 from stride import JobConfig, Stride
 
 __all__ = [
@@ -34,8 +42,13 @@ __all__ = [
 ]
 
 
-def create_app(database_url: str | None = None) -> Stride:
-    """A Porygon app with every event type and job registered, on `database_url`."""
+def create_app(database_url: str | None = None, *,
+               messaging: MessagingDatabase | None = None) -> Stride:
+    """A Porygon app with every event type and job registered, on `database_url`.
+
+    `messaging` defaults to PORYGON_DATABASE_URL's database (none when it is unset).
+    """
+    messaging = messaging or MessagingDatabase.from_env()
     app = Stride(app_id="porygon", database_url=database_url)
     app.define_job(JobConfig(id="health-check", name="Health check", retries=1),
                    app.event("system/health.check", HealthCheck), health_check)
@@ -46,7 +59,8 @@ def create_app(database_url: str | None = None) -> Stride:
                    app.event("ai/generation.requested", GenerationRequested),
                    generate_ai_response)
     app.define_job(JobConfig(id="process-message", name="Process message", retries=3),
-                   app.event("messaging/send.requested", SendRequested), process_message)
+                   app.event("messaging/send.requested", SendRequested),
+                   message_handler(messaging))
     return app
 
 

@@ -5,6 +5,10 @@ re-exports this one) and cancels it on exit. Every document in `documents/` is u
 turn, including the broken ones (`empty`, `corrupt`), so a watcher sees runs complete, fail
 and retry; between uploads come questions for contexts that already hold summaries,
 messages and health checks. The stream is the same on every run: no randomness.
+
+With PORYGON_DATABASE_URL set, each message is first stored the way a web request would:
+as its sender (`set_actor`), so the `messages` table's policy accepts it, and
+`process-message` later loads it as that same user.
 """
 
 import asyncio
@@ -13,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from examples.porygon.documents import CONTEXT_BY_FILE_ID, DEFAULT_CONTEXT_ID, list_file_ids
-from stride import Stride
+from examples.porygon.messaging_db import MessagingDatabase
+from stride import Stride, set_actor
 
 INTERVALS = (0.5, 0.8, 1.0, 0.6, 0.9, 0.7)
 """Seconds between events: irregular enough to look like traffic, fixed so it is repeatable."""
@@ -29,6 +34,7 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
 }
 CHANNELS = ("email", "slack", "sms")
 USERS = ("user-ada", "user-grace", "user-linus")
+SEND_REQUESTED = "messaging/send.requested"
 
 Outgoing = tuple[str, dict[str, Any], dict[str, Any]]
 """(event name, data, user) ready for `jobs.dispatch`."""
@@ -36,9 +42,18 @@ Outgoing = tuple[str, dict[str, Any], dict[str, Any]]
 
 async def demo(jobs: Stride) -> None:
     """Dispatch demo events every 0.5-1 s until cancelled."""
-    for (name, data, user), pause in zip(events(), itertools.cycle(INTERVALS), strict=False):
-        await jobs.dispatch(name, data, user=user)
-        await asyncio.sleep(pause)
+    messaging = MessagingDatabase.from_env()
+    try:
+        for (name, data, user), pause in zip(events(), itertools.cycle(INTERVALS),
+                                             strict=False):
+            if messaging is not None and name == SEND_REQUESTED:
+                with set_actor(user):  # as in the sender's web request
+                    await messaging.save(owner_id=user["id"], **data)
+            await jobs.dispatch(name, data, user=user)
+            await asyncio.sleep(pause)
+    finally:
+        if messaging is not None:
+            await messaging.aclose()
 
 
 def events() -> Iterator[Outgoing]:
@@ -76,4 +91,4 @@ def extra_event(number: int, contexts: list[str], user: str) -> Outgoing:
             channel = CHANNELS[number // 3 % len(CHANNELS)]
             data = {"message_id": f"demo-msg-{number}", "channel": channel, "recipient": user,
                     "body": f"Porygon demo notification #{number}: your uploads are processed."}
-            return "messaging/send.requested", data, {"id": user}
+            return SEND_REQUESTED, data, {"id": user}

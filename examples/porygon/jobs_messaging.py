@@ -4,18 +4,28 @@ Delivery is the step that talks to "the outside world" (a JSONL outbox standing 
 mail or chat API). A step can run twice if a worker dies between delivering and
 checkpointing, so delivery is keyed on `current_idempotency_key()`, which is the same for
 every attempt of the step, and an outbox that already holds the key is not written again.
+
+With PORYGON_DATABASE_URL set (see `messaging_db`), the message comes from the `messages`
+table under row-level security instead of from the event: `load-message` reads it *as the
+user who dispatched the event* (`ctx.as_actor()`), so another user's message is invisible
+and the run fails rather than sending it. After delivery, `record-delivery` logs it in the
+system-only `deliveries` table inside `with_rls_bypass("jobs:process-message", ...)`, which
+leaves an audit record. On SQLite there is no row-level security to enforce, and the job
+delivers what the event says.
 """
 
 import json
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from examples.porygon.jobs_common import output_dir
-from stride import Context, current_idempotency_key
+from examples.porygon.messaging_db import MessagingDatabase, StoredMessage
+from stride import Context, NonRetriableError, current_idempotency_key, with_rls_bypass
 
 Channel = Literal["email", "slack", "sms"]
 SMS_MAX_CHARS = 160
@@ -91,3 +101,48 @@ async def process_message(ctx: Context[SendRequested]) -> dict[str, Any]:
     delivery = await ctx.step.run("deliver", deliver, rendered)
     return {"messageId": rendered.message_id, "channel": rendered.channel,
             "duplicate": delivery.duplicate}
+
+
+Handler = Callable[[Context[SendRequested]], Awaitable[dict[str, Any]]]
+BYPASS_TAG = "jobs:process-message"
+
+
+def message_handler(db: MessagingDatabase | None) -> Handler:
+    """`process_message` without a messaging database, else the same job reading `db`."""
+    if db is None:
+        return process_message
+
+    async def process_stored_message(ctx: Context[SendRequested]) -> dict[str, Any]:
+        """Load as the dispatching user, render, deliver once, record as system (audited)."""
+        async def load_as_user() -> StoredMessage:
+            async with ctx.as_actor():
+                return await load_message(db, ctx.event.data.message_id, ctx.event.user)
+
+        async def record(message: StoredMessage, delivery: Delivery) -> bool:
+            async with ctx.as_actor():  # kept inside the bypass: the audit says for whom
+                return await with_rls_bypass(BYPASS_TAG, lambda: db.record_delivery(
+                    message, delivery.idempotency_key))
+
+        stored = await ctx.step.run("load-message", load_as_user)
+        rendered = await ctx.step.run("render", render, as_request(stored))
+        delivery = await ctx.step.run("deliver", deliver, rendered)
+        await ctx.step.run("record-delivery", record, stored, delivery)
+        return {"messageId": rendered.message_id, "channel": rendered.channel,
+                "duplicate": delivery.duplicate}
+
+    return process_stored_message
+
+
+async def load_message(db: MessagingDatabase, message_id: str,
+                       user: dict[str, Any] | None) -> StoredMessage:
+    """The message as the current context sees it; a message it cannot see fails the run."""
+    message = await db.load(message_id)
+    if message is None:
+        raise NonRetriableError(
+            f"message {message_id!r} is not visible to user {user!r}: it does not exist or "
+            "belongs to another user")
+    return message
+
+
+def as_request(message: StoredMessage) -> SendRequested:
+    return SendRequested.model_validate(message.model_dump(exclude={"owner_id", "delivered"}))
