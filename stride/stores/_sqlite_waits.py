@@ -252,7 +252,7 @@ def _received_since(conn: sqlite3.Connection, wait: NewWait, now: int) -> list[E
     rows = conn.execute(
         "SELECT id, name, data, user, ts FROM events WHERE name = ? AND received_at >= ? "
         "AND received_at <= ? ORDER BY received_at, id",
-        (wait.event_name, wait.step.started_at or now, min(now, wait.expires_at))).fetchall()
+        (wait.event_name, wait.step.started_at or now, wait.expires_at)).fetchall()
     found = []
     for row in rows:
         event = EventRow(*row)

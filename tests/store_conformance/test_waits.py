@@ -231,6 +231,28 @@ async def test_no_wake_up_is_lost_when_registrations_and_publishes_race(
         assert (status, step.status) == ("queued", "completed"), run.lease.run_id
 
 
+async def test_an_event_stamped_after_the_suspending_workers_clock_still_wakes_it(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of the test above, made exact: the event committed between the wait's step
+    starting and its registration, stamped later than the clock the suspending worker read
+    (a publish that looked waits up just before the registration committed)."""
+    await enqueue(store)
+    [claimed] = await claim(store)
+    published_at = now_ms()
+    await store.publish([(done_event("u1"), [])], dedupe_ms=60_000)
+    for module in ("stride.stores.sqlite", "stride.stores.postgres"):
+        monkeypatch.setattr(f"{module}._now_ms", lambda: published_at - 5_000)
+
+    woken = await store.suspend_for_events(
+        claimed.lease, [wait(started_at=published_at - 10_000)],
+        available_at=published_at + 60_000)
+
+    assert woken is True
+    monkeypatch.undo()
+    status, step = await status_and_step(store, claimed.lease.run_id)
+    assert (status, step.status) == ("queued", "completed")
+
+
 async def test_a_cancel_on_condition_cancels_the_run_at_publish(store: Store) -> None:
     trigger = event()
     run_id = new_id()
