@@ -23,13 +23,17 @@ another one. Without it the job needs no database: SQLite has no row-level secur
         stride dev examples.porygon.app:jobs --demo
 """
 
+from typing import TYPE_CHECKING
+
 from examples.porygon.demo import demo
 from examples.porygon.jobs_ai import GenerationRequested, generate_ai_response
 from examples.porygon.jobs_files import FileUploaded, process_context_file
-from examples.porygon.jobs_messaging import SendRequested, message_handler
+from examples.porygon.jobs_messaging import SendRequested, message_handler, messaging_from_env
 from examples.porygon.jobs_system import HealthCheck, health_check
-from examples.porygon.messaging_db import MessagingDatabase
 from stride import JobConfig, Stride
+
+if TYPE_CHECKING:
+    from examples.porygon.messaging_db import MessagingDatabase
 
 __all__ = [
     "FileUploaded",
@@ -43,12 +47,12 @@ __all__ = [
 
 
 def create_app(database_url: str | None = None, *,
-               messaging: MessagingDatabase | None = None) -> Stride:
+               messaging: "MessagingDatabase | None" = None) -> Stride:
     """A Porygon app with every event type and job registered, on `database_url`.
 
     `messaging` defaults to PORYGON_DATABASE_URL's database (none when it is unset).
     """
-    messaging = messaging or MessagingDatabase.from_env()
+    messaging = messaging or messaging_from_env()
     app = Stride(app_id="porygon", database_url=database_url)
     app.define_job(JobConfig(id="health-check", name="Health check", retries=1),
                    app.event("system/health.check", HealthCheck), health_check)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from examples.porygon.documents import CONTEXT_BY_FILE_ID, DEFAULT_CONTEXT_ID, list_file_ids
-from examples.porygon.messaging_db import MessagingDatabase
+from examples.porygon.jobs_messaging import messaging_from_env
 from stride import Stride, set_actor
 
 INTERVALS = (0.5, 0.8, 1.0, 0.6, 0.9, 0.7)
@@ -42,7 +42,7 @@ Outgoing = tuple[str, dict[str, Any], dict[str, Any]]
 
 async def demo(jobs: Stride) -> None:
     """Dispatch demo events every 0.5-1 s until cancelled."""
-    messaging = MessagingDatabase.from_env()
+    messaging = messaging_from_env()
     try:
         for (name, data, user), pause in zip(events(), itertools.cycle(INTERVALS),
                                              strict=False):

@@ -15,17 +15,20 @@ delivers what the event says.
 """
 
 import json
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from examples.porygon.jobs_common import output_dir
-from examples.porygon.messaging_db import MessagingDatabase, StoredMessage
 from stride import Context, NonRetriableError, current_idempotency_key, with_rls_bypass
+
+if TYPE_CHECKING:  # imported when configured: the SQLite demo needs no SQLAlchemy
+    from examples.porygon.messaging_db import MessagingDatabase, StoredMessage
 
 Channel = Literal["email", "slack", "sms"]
 SMS_MAX_CHARS = 160
@@ -105,12 +108,24 @@ async def process_message(ctx: Context[SendRequested]) -> dict[str, Any]:
 
 Handler = Callable[[Context[SendRequested]], Awaitable[dict[str, Any]]]
 BYPASS_TAG = "jobs:process-message"
+DATABASE_URL_ENV = "PORYGON_DATABASE_URL"
 
 
-def message_handler(db: MessagingDatabase | None) -> Handler:
+def messaging_from_env() -> "MessagingDatabase | None":
+    """The messaging database PORYGON_DATABASE_URL names, or None when it is unset."""
+    url = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if not url:
+        return None
+    from examples.porygon.messaging_db import MessagingDatabase
+
+    return MessagingDatabase(url)
+
+
+def message_handler(db: "MessagingDatabase | None") -> Handler:
     """`process_message` without a messaging database, else the same job reading `db`."""
     if db is None:
         return process_message
+    from examples.porygon.messaging_db import StoredMessage  # step results are decoded by it
 
     async def process_stored_message(ctx: Context[SendRequested]) -> dict[str, Any]:
         """Load as the dispatching user, render, deliver once, record as system (audited)."""
@@ -133,8 +148,8 @@ def message_handler(db: MessagingDatabase | None) -> Handler:
     return process_stored_message
 
 
-async def load_message(db: MessagingDatabase, message_id: str,
-                       user: dict[str, Any] | None) -> StoredMessage:
+async def load_message(db: "MessagingDatabase", message_id: str,
+                       user: dict[str, Any] | None) -> "StoredMessage":
     """The message as the current context sees it; a message it cannot see fails the run."""
     message = await db.load(message_id)
     if message is None:
@@ -144,5 +159,5 @@ async def load_message(db: MessagingDatabase, message_id: str,
     return message
 
 
-def as_request(message: StoredMessage) -> SendRequested:
+def as_request(message: "StoredMessage") -> SendRequested:
     return SendRequested.model_validate(message.model_dump(exclude={"owner_id", "delivered"}))

@@ -20,7 +20,6 @@ the example keeps no messaging data: SQLite has no row-level security to enforce
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from typing import Any
 
@@ -31,9 +30,9 @@ from sqlalchemy import Column, DateTime, MetaData, Table, Text, func, select, up
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from examples.porygon.jobs_messaging import DATABASE_URL_ENV
 from stride.integrations.sqlalchemy import install_rls
 
-DATABASE_URL_ENV = "PORYGON_DATABASE_URL"
 DEFAULT_SCHEMA = "porygon"
 DEFAULT_ROLE = "porygon_app"
 SETUP_LOCK = "porygon-messaging-setup"
@@ -143,12 +142,6 @@ class MessagingDatabase:
         self._engine: AsyncEngine | None = None
         self._ready = False
         self._setup_lock = asyncio.Lock()
-
-    @classmethod
-    def from_env(cls) -> MessagingDatabase | None:
-        """The database named by PORYGON_DATABASE_URL, or None when it is unset."""
-        url = os.environ.get(DATABASE_URL_ENV, "").strip()
-        return cls(url) if url else None
 
     @property
     def engine(self) -> AsyncEngine:

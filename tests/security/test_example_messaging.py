@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,12 +22,14 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from examples.porygon.app import create_app
+from examples.porygon.jobs_messaging import DATABASE_URL_ENV, messaging_from_env
 from examples.porygon.messaging_db import MESSAGES_POLICY, MessagingDatabase
 from stride import Run, Stride, _audit, set_actor, with_actor, with_rls_bypass
 from tests.conftest import POSTGRES_URL, eventually
 from tests.security.conftest import policy_template
 
 ADMIN_URL = POSTGRES_URL.split("?", 1)[0]
+ROOT = Path(__file__).resolve().parents[2]
 SEND = "messaging/send.requested"
 ADA = {"id": "user-ada"}
 GRACE = {"id": "user-grace"}
@@ -210,3 +215,22 @@ async def test_setup_is_idempotent_and_uses_the_documented_policy(
                                   "WHERE schemaname = current_schema() ORDER BY 1")
     assert policies == [("deliveries", "deliveries_system_only"),
                         ("messages", "messages_by_user")]
+
+
+def test_without_the_url_the_example_needs_no_sqlalchemy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {name: value for name, value in os.environ.items() if name != DATABASE_URL_ENV}
+    code = "import sys, examples.porygon.app; print('sqlalchemy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False"
+
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    assert messaging_from_env() is None
+    monkeypatch.setenv(DATABASE_URL_ENV, ADMIN_URL)
+    configured = messaging_from_env()
+    assert configured is not None and (configured.schema, configured.role) == (
+        "porygon", "porygon_app")
+    monkeypatch.setenv(DATABASE_URL_ENV, "sqlite:///porygon.db")
+    with pytest.raises(ValueError, match="SQLite has no row-level security to enforce"):
+        messaging_from_env()
