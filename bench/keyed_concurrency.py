@@ -1,7 +1,7 @@
 """Keyed concurrency: the cost of a per-key limit, against the same workload without one.
 
     .venv/bin/python bench/keyed_concurrency.py --store sqlite [--runs 20000] [--keys 1000]
-        [--limit 1] [--workers 2] [--concurrency 100]
+        [--limit 1] [--workers 2] [--concurrency 100] [--rounds 3] [--explain]
 
 Two drains of the same workload, each on a fresh database, by `--workers` real
 `python -m stride worker` processes that are up (registered) before anything is dispatched:
@@ -12,7 +12,14 @@ Two drains of the same workload, each on a fresh database, by `--workers` real
 Throughput is runs / (max(ended_at) - min(created_at)) read from the store, as in
 bench/throughput.py. Printed: both figures, their ratio, the store's raw commit rate
 (bench/_raw.py), how many runs were parked at least once, and the peak number of runs that
-held one key at once (must not exceed the limit). Last line: `RESULT ...`.
+held one key at once (must not exceed the limit). `--rounds N` repeats the pair N times,
+interleaved (unlimited, keyed, unlimited, ...) so both see the same background load, and
+prints each round's ratio and their median. Last line: `RESULT ...`.
+
+`--explain` drains nothing: it brings a fresh store to the keyed drain's state (the runs
+queued, workers' slots leased, full keys' runs parked), records one keyed claim and prints
+the plan of each of its statements (EXPLAIN (ANALYZE, BUFFERS) on PostgreSQL, EXPLAIN QUERY
+PLAN on SQLite): see bench/keyed_explain.py.
 
 This module is also the workers' app (`bench.keyed_concurrency:jobs`): the mode comes from
 STRIDE_BENCH_KEYED and STRIDE_BENCH_KEY_LIMIT in the environment.
@@ -25,6 +32,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -89,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="unlimited/keyed pairs, interleaved; the median ratio is the figure")
+    parser.add_argument("--explain", action="store_true",
+                        help="print the keyed claim's plans at this scale instead of draining")
     return parser
 
 
@@ -191,6 +203,10 @@ def main() -> int:
     args = _parser().parse_args()
     print(f"stride keyed concurrency: store={args.store} runs={args.runs} keys={args.keys} "
           f"limit={args.limit} per key, workers={args.workers} x {args.concurrency}")
+    if args.explain:
+        from bench import keyed_explain
+
+        return keyed_explain.main(args)
     try:
         raw_target = make_target(args.store, args.postgres_url)
     except Skip as exc:
@@ -201,21 +217,32 @@ def main() -> int:
     finally:
         drop_target(raw_target)
     print(_raw.describe(raw))
-    plain = drain(args, keyed=False)
-    print(f"unlimited: {plain.jobs_per_s:,.0f} jobs/s (dispatch {plain.dispatch_s:.2f} s)")
-    keyed = drain(args, keyed=True)
-    print(f"keyed:     {keyed.jobs_per_s:,.0f} jobs/s (dispatch {keyed.dispatch_s:.2f} s); "
-          f"{keyed.parked} runs were parked at least once; at most {keyed.peak_per_key} runs "
-          f"of one key at once (limit {args.limit})")
-    ratio = keyed.jobs_per_s / plain.jobs_per_s
-    print(f"ratio keyed / unlimited = {ratio:.3f} (target >= 0.75); "
-          f"jobs/s / raw commits/s: unlimited {plain.jobs_per_s / raw[0].commits_per_s:.3f}, "
-          f"keyed {keyed.jobs_per_s / raw[0].commits_per_s:.3f}")
+    ratios = [_round(args, index, raw[0].commits_per_s) for index in range(args.rounds)]
+    median = statistics.median(ratios)
+    print(f"ratio keyed / unlimited per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
+          f"median {median:.3f} (target >= 0.75)")
     print(f"RESULT store={args.store} runs={args.runs} keys={args.keys} limit={args.limit} "
-          f"unlimited_jobs_per_s={plain.jobs_per_s:.0f} keyed_jobs_per_s={keyed.jobs_per_s:.0f} "
-          f"ratio={ratio:.3f} peak_per_key={keyed.peak_per_key} "
+          f"ratio_median={median:.3f} ratios={','.join(f'{r:.3f}' for r in ratios)} "
           f"raw_commits_per_s={raw[0].commits_per_s:.0f}")
     return 0
+
+
+def _round(args: argparse.Namespace, index: int, raw_commits_per_s: float) -> float:
+    """One unlimited drain, then one keyed drain; their ratio."""
+    plain = drain(args, keyed=False)
+    print(f"round {index + 1}: unlimited: {plain.jobs_per_s:,.0f} jobs/s "
+          f"(dispatch {plain.dispatch_s:.2f} s)")
+    keyed = drain(args, keyed=True)
+    print(f"round {index + 1}: keyed:     {keyed.jobs_per_s:,.0f} jobs/s "
+          f"(dispatch {keyed.dispatch_s:.2f} s); {keyed.parked} runs were parked at least "
+          f"once; at most {keyed.peak_per_key} runs of one key at once (limit {args.limit})")
+    if keyed.peak_per_key > args.limit:
+        print(f"ERROR: {keyed.peak_per_key} runs of one key ran at once (limit {args.limit})")
+    ratio = keyed.jobs_per_s / plain.jobs_per_s
+    print(f"round {index + 1}: ratio keyed / unlimited = {ratio:.3f}; jobs/s / raw commits/s: "
+          f"unlimited {plain.jobs_per_s / raw_commits_per_s:.3f}, "
+          f"keyed {keyed.jobs_per_s / raw_commits_per_s:.3f}")
+    return ratio
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from stride import _codec
 from stride._limiters import Rate, debounce_due, rate_limit, throttle
@@ -116,8 +116,10 @@ class PendingRun:
         return self.status not in _FINISHED
 
 
-@dataclass(frozen=True, slots=True)
-class RunInsert:
+class RunInsert(NamedTuple):
+    """A run to insert. A named tuple, not a frozen dataclass: a keyed publish makes one per
+    run, and a frozen dataclass of 13 fields took 2.3 us to build, a tuple 0.5 us."""
+
     id: str
     app_id: str
     job_id: str
@@ -215,6 +217,13 @@ class _Planner:
     def decide(self, run: NewRun) -> None:
         flow = run.flow
         assert flow is not None
+        if (flow.rate_limit is None and flow.idempotency is None and flow.singleton is None
+                and flow.debounce is None and flow.batch is None and flow.throttle is None):
+            # concurrency keys or priority only: no state to read or write, and no state can
+            # point at the run (so it needs no PendingRun): a plain insert (a keyed publish
+            # of 20,000 runs spent 0.1 s in the option checks below)
+            self._insert_row(run, flow, run.available_at, None)
+            return
         skipped = (self._rate_limited(run, flow) or self._duplicate(run, flow)
                    or self._singleton_skips(run, flow))
         if skipped is not None:
@@ -231,12 +240,16 @@ class _Planner:
         self._insert(run, flow, due, "; ".join(reasons) or None)
 
     def _insert(self, run: NewRun, flow: RunFlow, due: int, reason: str | None) -> None:
-        keys = [*flow.concurrency, (None, None), (None, None)]
-        (ckey, clim), (ckey2, clim2) = keys[0], keys[1]
+        self._insert_row(run, flow, due, reason)
+        self.pending[run.id] = PendingRun("queued", False, run.event_id)
+
+    def _insert_row(self, run: NewRun, flow: RunFlow, due: int, reason: str | None) -> None:
+        keys = flow.concurrency
+        ckey, clim = keys[0] if keys else (None, None)
+        ckey2, clim2 = keys[1] if len(keys) > 1 else (None, None)
         self.plan.inserts.append(RunInsert(
             run.id, run.app_id, run.job_id, run.event_id, "queued", due,
             due - flow.priority_ms, reason, ckey, clim, ckey2, clim2))
-        self.pending[run.id] = PendingRun("queued", False, run.event_id)
 
     # -- options that skip the run -------------------------------------------------
 
