@@ -137,6 +137,7 @@ def _add_audit(commands: Any) -> argparse.ArgumentParser:
     audit.add_argument("--tag", metavar="TAG", help="only bypasses with this tag")
     audit.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     _add_database_options(audit)
+    _add_busy_timeout(audit)
     audit.set_defaults(handler=_cli_commands.audit)
     return audit
 

@@ -21,7 +21,9 @@ import pytest
 
 from examples.porygon.app import create_app
 from stride import Run, Stride
+from stride._audit import AuditRecord
 from stride._cli_db import use_database
+from stride.stores.base import open_store_for_url
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.apps_cli.flaky_steps:jobs"
@@ -208,6 +210,35 @@ def _runs(database_url: str) -> list[Run]:
             await app.aclose()
 
     return asyncio.run(runs())
+
+
+def test_audit_lists_rls_bypasses_newest_first_and_filters_by_run_and_tag(
+        sqlite_url: str) -> None:
+    async def record() -> None:
+        store = open_store_for_url(sqlite_url)
+        await store.open()
+        await store.record_audit([
+            AuditRecord(id=f"audit-{n}", tag=tag, app_id="cli-app", job_id="process-message",
+                        run_id=run, step_id="record-delivery", attempt=1,
+                        actor_json='{"id":"ada"}', started_at=1_000 + n, ended_at=1_005 + n,
+                        outcome="ok")
+            for n, (tag, run) in enumerate([("jobs:process-message", "run-a"),
+                                            ("jobs:nightly", "run-b")])])
+        await store.close()
+
+    asyncio.run(record())
+
+    everything = stride(sqlite_url, "audit")
+    only_run_a = stride(sqlite_url, "audit", "--run", "run-a")
+    by_tag = stride(sqlite_url, "audit", "--tag", "jobs:nightly")
+    nothing = stride(sqlite_url, "audit", "--run", "run-z")
+
+    assert everything.returncode == 0, everything.stderr
+    assert [row[2] for row in table_rows(everything.stdout)] == ["jobs:nightly",
+                                                                 "jobs:process-message"]
+    assert [row[2] for row in table_rows(only_run_a.stdout)] == ["jobs:process-message"]
+    assert "run-b" in by_tag.stdout and "run-a" not in by_tag.stdout
+    assert "no RLS bypass matches" in nothing.stdout
 
 
 def test_runs_filters_by_job_status_and_age(sqlite_url: str) -> None:
