@@ -3,6 +3,7 @@ transaction, and every decision is recorded on a run row with its reason."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from stride._flow_decide import (
@@ -152,6 +153,7 @@ async def test_debounce_timeout_bounds_the_delay(store: Store) -> None:
 async def test_a_started_debounced_run_is_not_changed_again(store: Store) -> None:
     debounced = RunFlow(debounce=Debounced("k", 1, None))
     await publish(store, debounced)
+    await asyncio.sleep(0.01)  # past the 1 ms debounce period: the run is due
     [started] = await claim(store, [JOB])
     await publish(store, debounced)
 
