@@ -38,12 +38,21 @@ from stride.errors import (
 from stride.events import Event
 from stride.executors._workflow import WorkflowHost, WorkflowSteps
 from stride.jobs import Job
+from stride.security import MissingSecurityContext
 from stride.step import Step, SyncStep
 from stride.stores.base import ClaimedRun, EventRow, NewWait, StepRecord, Store
 
 log = logging.getLogger("stride.executor")
 _PLAIN_TYPES: frozenset[Any] = frozenset({None, Any, dict, list, str, int, float, bool,
                                           type(None), object})
+
+NEVER_RETRIED: tuple[type[Exception], ...] = (
+    NonRetriableError, SerializationError, StepError, MissingSecurityContext)
+"""Failures another attempt cannot fix: the user said so, a result that is not JSON, a step
+that already gave up, or database work with no security context (the same event and code
+meet it again: backoff would only delay the error strict mode exists to show). A replay
+that diverged (`NonDeterminismError`) is retried on purpose: during a rolling deploy a
+worker still on the old code can finish the run."""
 
 
 def _now_ms() -> int:
@@ -206,7 +215,7 @@ class RunExecution(WorkflowSteps):
         now = _now_ms()
         error = describe_error(exc, attempt=attempt, started_at=started_at, ended_at=now)
         errors = [*call.previous_errors, error]
-        final = (isinstance(exc, (NonRetriableError, SerializationError, StepError))
+        final = (isinstance(exc, NEVER_RETRIED)
                  or attempt >= self.job.max_attempts)
         record = StepRecord(
             step_id=call.step_id, position=call.position, kind="run",
@@ -271,7 +280,7 @@ class RunExecution(WorkflowSteps):
         error = describe_error(exc, attempt=attempt, started_at=started_at, ended_at=_now_ms())
         previous = _codec.loads(self.claimed.errors_json) or []
         errors_json = _codec.dumps_str([*previous, error])
-        if (isinstance(exc, (NonRetriableError, SerializationError, StepError))
+        if (isinstance(exc, NEVER_RETRIED)
                 or attempt >= self.job.max_attempts):
             return Failed(_codec.dumps_str(error), errors_json)
         delay = self._retry_delay(exc, attempt)

@@ -157,3 +157,29 @@ async def test_dispatch_in_a_request_carries_the_actor(sqlite_url: str) -> None:
     event = await (await jobs.store()).get_event(event_id)
     await jobs.aclose()
     assert event is not None and event.user_json == '{"id":"u7"}'
+
+
+async def test_a_step_with_no_security_context_fails_at_once_instead_of_retrying(
+        sqlite_url: str, rls_db: RlsDatabase, engines: Engines) -> None:
+    """The same event and code meet the same missing context on every attempt: backoff
+    would only delay the error the strict mode exists to show."""
+    jobs = Stride(app_id="rls-no-retry", database_url=sqlite_url)
+
+    @jobs.define_job(id="forgetful", trigger="docs/forget", retries=3)
+    async def forgetful(ctx: Context[dict[str, Any]]) -> list[str]:
+        async def owners() -> list[str]:
+            async with engines.strict.connect() as conn:
+                return list((await conn.execute(text(rls_db.owners_sql))).scalars())
+
+        return await ctx.step.run("peek", owners)
+
+    [event_id] = await jobs.dispatch("docs/forget", {}, user={"id": "u1"})
+    async with jobs.worker():
+        [run] = await jobs.get_runs(event_id=event_id)
+        run = await jobs.wait_for(run.id, timeout=30)
+    await jobs.aclose()
+
+    assert run.status == "failed"
+    [step] = run.steps
+    assert (step.status, step.attempts) == ("failed", 1)
+    assert "MissingSecurityContext" in str(run.error)
