@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from stride._decisions import Abandoned, Completed, Decision, Failed, Reschedule
 from stride._failures import describe_error
 from stride._flow_keys import is_keyed
 from stride._ids import new_id
+from stride._invocations import SWEEP_INTERVAL_SECONDS, CancelledChildren
 from stride._looper import Looper
 from stride._timeouts import TIMEOUTS_INTERVAL_SECONDS
 from stride._timeouts import enforce as enforce_timeouts
@@ -51,10 +51,6 @@ MAX_CLAIM_BATCH = 256
 CRON_INTERVAL_SECONDS = 0.5
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 PRUNE_INTERVAL_SECONDS = 60.0
-WAKE_COALESCE_SECONDS = 0.02
-"""An idle worker waits at least this long for runs it suspended to fall due, so that a
-wave of wake-ups costs a claim per 20 ms, not one per run."""
-MAX_WAKE_TIMES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +97,6 @@ class Worker:
             max_workers=options.threads or max(4, options.concurrency),
             thread_name_prefix="stride-handler")
         self._claim_task: asyncio.Task[None] | None = None
-        self._wakes = WakeTimes()
         lease = options.lease_seconds
         self._heartbeat = Looper("heartbeat", lease / 3, self._beat)
         self._reclaimer = Looper("reclaimer", max(0.2, lease / 4), self._reclaim)
@@ -110,6 +105,10 @@ class Worker:
         self._cron_looper = Looper("cron", CRON_INTERVAL_SECONDS, self._fire_cron)
         self._pruner = Looper("pruner", PRUNE_INTERVAL_SECONDS, self._prune)
         self._timeouts = Looper("timeouts", TIMEOUTS_INTERVAL_SECONDS, self._enforce_timeouts)
+        self._children = CancelledChildren(
+            store, lookback_ms=int(options.retention_seconds * 1000))
+        self._invocations = Looper("invocations", SWEEP_INTERVAL_SECONDS,
+                                   self._children.tick)
 
     @property
     def active_runs(self) -> int:
@@ -121,6 +120,7 @@ class Worker:
         self._reclaimer.start()
         self._audit.start()
         self._pruner.start()
+        self._invocations.start()
         if self._cron.has_work:
             self._cron_looper.start()
         if any(job.timeouts is not None for job in self._jobs.values()):
@@ -150,6 +150,7 @@ class Worker:
         await self._cron_looper.stop()
         await self._pruner.stop()
         await self._timeouts.stop()
+        await self._invocations.stop()
         await self._audit.stop()  # after the last run: writes the bypass records left
         self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.id)
@@ -200,10 +201,7 @@ class Worker:
         stopper.cancel()
 
     async def _wait_for_work(self) -> None:
-        timeout = self._wakes.seconds_to_next(_now_ms(), self.options.poll_seconds)
-        if timeout <= 0:
-            return
-        change = asyncio.create_task(self._store.wait_for_change(timeout))
+        change = asyncio.create_task(self._store.wait_for_change(self.options.poll_seconds))
         stopper = asyncio.create_task(self._stopping.wait())
         await asyncio.wait({change, stopper}, return_when=asyncio.FIRST_COMPLETED)
         change.cancel()
@@ -263,11 +261,9 @@ class Worker:
                                          publish=publish or None)
             case Rescheduled(available_at=at, waits=waits) if waits:
                 await self._store.suspend_for_events(lease, waits, available_at=at)
-                self._wakes.add(at)
             case Rescheduled(available_at=at, status=status, attempt=attempt, errors_json=errs):
                 await self._store.reschedule(lease, available_at=at, status=status,
                                              attempt=attempt, errors_json=errs)
-                self._wakes.add(at)
             case Abandoned(reason=reason, release=release):
                 log.warning("run %s abandoned by this worker: %s", lease.run_id, reason)
                 if release:
@@ -312,35 +308,6 @@ class Worker:
     async def _reclaim(self) -> None:
         for run_id in await self._store.reclaim_expired():
             log.warning("run %s reclaimed: its worker's lease expired", run_id)
-
-
-class WakeTimes:
-    """When the runs this worker suspended (sleeps, retries, wait timeouts) fall due.
-
-    A run falling due is no commit: nothing notifies an idle worker, which would only find it
-    at its next poll (`poll_seconds`, 250 ms by default, late for a 1 s sleep). So the claim
-    loop also wakes up at these times. Runs suspended by other workers are found by polling.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[int] = []
-
-    def add(self, at_ms: int) -> None:
-        if len(self._heap) < MAX_WAKE_TIMES:  # past that, polling finds the rest
-            heapq.heappush(self._heap, at_ms)
-
-    def seconds_to_next(self, now_ms: int, poll_seconds: float) -> float:
-        """0 if a run fell due since the last call; else how long to wait, at most
-        `poll_seconds` and at least WAKE_COALESCE_SECONDS."""
-        heap, fell_due = self._heap, False
-        while heap and heap[0] <= now_ms:
-            heapq.heappop(heap)
-            fell_due = True
-        if fell_due:
-            return 0.0
-        if not heap:
-            return poll_seconds
-        return min(poll_seconds, max(WAKE_COALESCE_SECONDS, (heap[0] - now_ms) / 1000))
 
 
 def _describe(decision: Decision) -> str:

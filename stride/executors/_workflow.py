@@ -234,7 +234,7 @@ def _invoke_result(step_id: str, output_json: str | None, job: Job[Any, Any] | s
         raise StepError(step_id, {"name": "InvokeTimeout",
                                   "message": "the invoked run did not finish in time"})
     finished = event["data"]
-    if finished.get("status") == "failed":
+    if finished.get("status") in ("failed", "cancelled"):  # cancelled: see `_invocations`
         raise StepError(step_id, finished.get("error") or {"name": "Error", "message": ""})
     output = finished.get("output")
     if isinstance(job, Job):

@@ -23,6 +23,7 @@ from stride._waits import NEVER, event_json, first_deadline
 from stride.stores._postgres_sql import rows
 from stride.stores.base import (
     CancelCheck,
+    CancelledInvocation,
     DeadlineRow,
     EventRow,
     Lease,
@@ -101,6 +102,11 @@ class WaitStatements:
             "SELECT d.run_id, d.due_at, d.start_ms, d.finish_ms, r.status, r.created_at, "
             f"r.started_at FROM {s}.deadlines d LEFT JOIN {s}.runs r ON r.id = d.run_id "
             "WHERE d.due_at <= %s ORDER BY d.due_at LIMIT %s")
+        self.cancelled_invocations = (
+            f"SELECT r.id, r.job_id, r.event_id, r.error, r.ended_at FROM {s}.runs r "
+            "WHERE r.status = 'cancelled' AND r.event_id LIKE 'invoke:%%' "
+            f"AND r.ended_at >= %s AND NOT EXISTS (SELECT 1 FROM {s}.events e "
+            "WHERE e.id = r.event_id || ':finished') ORDER BY r.ended_at LIMIT %s")
         self.move_deadlines = (
             f"WITH moves AS (SELECT * FROM unnest(%s::text[], %s::bigint[]) AS m(id, at)), "
             f"gone AS (DELETE FROM {s}.deadlines d USING moves m WHERE d.run_id = m.id "
@@ -197,3 +203,9 @@ async def move_deadlines(conn: Conn, sql: WaitStatements,
                          moves: Sequence[tuple[str, int | None]]) -> None:
     await conn.execute(sql.move_deadlines, ([run_id for run_id, _ in moves],
                                             [at for _, at in moves]))
+
+
+async def cancelled_invocations(conn: Conn, sql: WaitStatements, since_ms: int,
+                                limit: int) -> list[CancelledInvocation]:
+    cur = await conn.execute(sql.cancelled_invocations, (since_ms, limit))
+    return [CancelledInvocation(*row) for row in await cur.fetchall()]

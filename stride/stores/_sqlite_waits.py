@@ -16,6 +16,7 @@ from stride import _codec
 from stride._waits import NEVER, cancelled_by, event_json, first_deadline, key_at
 from stride.stores.base import (
     CancelCheck,
+    CancelledInvocation,
     DeadlineRow,
     EventRow,
     Lease,
@@ -312,3 +313,15 @@ def publish_waits(conn: sqlite3.Connection, fresh: Sequence[tuple[NewEvent, Sequ
     timeouts, then complete the waits (and cancel the runs) the new events match."""
     insert_run_extras(conn, [run for _, runs in fresh for run in runs], now)
     return match_published(conn, [event for event, _ in fresh], now)
+
+
+def cancelled_invocations(conn: sqlite3.Connection, since_ms: int,
+                          limit: int) -> list[CancelledInvocation]:
+    """See `Store.cancelled_invocations`; the predicate is the partial index's (0007)."""
+    rows = conn.execute(
+        "SELECT r.id, r.job_id, r.event_id, r.error, r.ended_at FROM runs r "
+        "INDEXED BY runs_cancelled_invocations WHERE r.status = 'cancelled' "
+        "AND r.event_id LIKE 'invoke:%' AND r.ended_at >= ? AND NOT EXISTS "
+        "(SELECT 1 FROM events e WHERE e.id = r.event_id || ':finished') "
+        "ORDER BY r.ended_at LIMIT ?", (since_ms, limit)).fetchall()
+    return [CancelledInvocation(*row) for row in rows]

@@ -156,6 +156,18 @@ WaitChooser = Callable[[NewWait, Sequence[EventRow]], EventRow | None]
 
 
 @dataclass(frozen=True, slots=True)
+class CancelledInvocation:
+    """An invoked (child) run that was cancelled and whose parent has not been told yet
+    (see `cancelled_invocations`)."""
+
+    run_id: str
+    job_id: str
+    event_id: str
+    error_json: str | None
+    ended_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeadlineRow:
     """A run with a start or finish timeout whose next check is due (see `due_deadlines`)."""
 
@@ -312,6 +324,13 @@ class Store(Protocol):
 
     async def move_deadlines(self, moves: Sequence[tuple[str, int | None]]) -> None:
         """Set the next check of each run id to the given time, or delete it (None)."""
+        ...
+
+    async def cancelled_invocations(self, *, since_ms: int,
+                                    limit: int) -> list[CancelledInvocation]:
+        """Up to `limit` invoked runs cancelled at or after `since_ms` for which no
+        `<event id>:finished` event exists yet, oldest first (a partial index of cancelled
+        invoked runs: other runs are never scanned)."""
         ...
 
     async def release(self, leases: Sequence[Lease]) -> None:

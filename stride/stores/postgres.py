@@ -73,6 +73,7 @@ from stride.stores._postgres_writer import (
     transaction,
 )
 from stride.stores.base import (
+    CancelledInvocation,
     ClaimedRun,
     DeadlineRow,
     EventListing,
@@ -465,6 +466,11 @@ class PostgresStore:
         if moves:
             await self._with_conn(
                 lambda conn: _pg_waits.move_deadlines(conn, self._wait_sql, moves))
+
+    async def cancelled_invocations(self, *, since_ms: int,
+                                    limit: int) -> list[CancelledInvocation]:
+        return await self._with_conn(lambda conn: _pg_waits.cancelled_invocations(
+            conn, self._wait_sql, since_ms, limit))
 
     async def _hand_back(self, claims: list[str], leases: list[Lease]) -> None:
         """Requeue the runs of lost claims and of abandoned leases (see `Orphans`)."""

@@ -28,6 +28,7 @@ from stride.flow import MAX_PRIORITY_SECONDS
 from stride.stores import _sqlite_waits as _waits
 from stride.stores._sqlite_writer import OpFailed, SqliteWriter, WriterStats, translate
 from stride.stores.base import (
+    CancelledInvocation,
     ClaimedRun,
     DeadlineRow,
     EventListing,
@@ -393,6 +394,11 @@ class SqliteStore:
     async def move_deadlines(self, moves: Sequence[tuple[str, int | None]]) -> None:
         if moves:
             await self._writer.run(lambda conn: _waits.move_deadlines(conn, moves))
+
+    async def cancelled_invocations(self, *, since_ms: int,
+                                    limit: int) -> list[CancelledInvocation]:
+        return await self._read(
+            lambda conn: _waits.cancelled_invocations(conn, since_ms, limit))
 
     async def prune(self, *, older_than_ms: int, batch_size: int = 1000) -> int:
         """Delete finished runs (and steps) older than the cutoff, then unreferenced events.

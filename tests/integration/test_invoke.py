@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from stride import Backoff, Context, StepError, Stride, SyncContext
 from stride._waits import INVOKE_EVENT
+from tests.conftest import eventually
 
 
 class Size(BaseModel):
@@ -44,6 +45,13 @@ def make_app(url: str, calls: list[str]) -> Stride:
         except StepError as exc:
             failure = exc.message
         return {"area": size, "failure": failure}
+
+    @jobs.define_job(id="patient", trigger="test/patient")
+    async def patient(ctx: Context[dict[str, Any]]) -> dict[str, Any]:
+        try:  # no timeout: only the child's end can wake it
+            return {"output": await ctx.step.invoke("slow", job="slow")}
+        except StepError as exc:
+            return {"error": exc.name, "message": exc.message}
 
     @jobs.define_job(id="impatient", trigger="test/impatient")
     def impatient(ctx: SyncContext[dict[str, Any]]) -> str:
@@ -84,3 +92,47 @@ async def test_an_invoke_times_out_with_a_step_error(database_url: str) -> None:
         done = await jobs.wait_for(run.id, timeout=30)
     assert done.status == "completed" and done.output == "InvokeTimeout"
     await jobs.aclose()
+
+
+async def child_of(jobs: Stride, status: str) -> str:
+    """The id of the `slow` child run, once it is in `status`."""
+    async def found() -> str | None:
+        children = await jobs.get_runs(job_id="slow")
+        return children[0].id if children and children[0].status == status else None
+    return await eventually(found, timeout=20, what=f"the child run {status}")
+
+
+async def test_a_cancelled_child_fails_the_parents_invoke_with_the_reason(
+        database_url: str) -> None:
+    jobs = make_app(database_url, [])
+    [event_id] = await jobs.dispatch("test/patient", {})
+    [run] = await jobs.get_runs(event_id=event_id)
+    async with jobs.worker():
+        child = await child_of(jobs, "sleeping")
+        assert await jobs.cancel(child, reason="the upload was deleted", by="test")
+        done = await jobs.wait_for(run.id, timeout=20)
+    assert done.status == "completed", done.error
+    assert done.output["error"] == "Cancelled"
+    assert "the upload was deleted" in done.output["message"]
+    assert done.step("slow").status == "completed"  # the invoke step recorded the outcome
+    await jobs.aclose()
+
+
+async def test_a_child_cancelled_while_no_worker_ran_is_reported_by_the_next_one(
+        database_url: str) -> None:
+    jobs = make_app(database_url, [])
+    [event_id] = await jobs.dispatch("test/patient", {})
+    [run] = await jobs.get_runs(event_id=event_id)
+    async with jobs.worker():
+        child = await child_of(jobs, "sleeping")
+        await eventually(lambda: _status_is(jobs, run.id, "waiting"), what="parent waiting")
+    assert await jobs.cancel(child, reason="nobody was running", by="test")
+
+    async with jobs.worker():
+        done = await jobs.wait_for(run.id, timeout=20)
+    assert done.status == "completed" and done.output["error"] == "Cancelled"
+    await jobs.aclose()
+
+
+async def _status_is(jobs: Stride, run_id: str, status: str) -> bool:
+    return (await jobs.get_run(run_id)).status == status

@@ -6,7 +6,7 @@ import pytest
 
 from stride._ids import new_id
 from stride.errors import LeaseLost
-from stride.stores.base import NewRun, RunFilter, StepRecord, Store
+from stride.stores.base import NewEvent, NewRun, RunFilter, StepRecord, Store
 
 from .conftest import APP, claim, enqueue, now_ms
 
@@ -57,3 +57,27 @@ async def test_create_runs_adds_queued_runs_for_a_stored_event(store: Store) -> 
     [again] = await claim(store)
     assert again.lease.run_id == replay.id
     assert again.steps == ()  # a replay starts with an empty memo
+
+
+async def test_cancelled_invoked_runs_are_listed_until_their_finished_event_exists(
+        store: Store) -> None:
+    started = now_ms()
+    children = []
+    for n in range(2):
+        child_event = NewEvent(f"invoke:parent-{n}:0123456789abcdef", "stride/invoke", "{}",
+                               None, started)
+        children.append(NewRun(new_id(), APP, "child", child_event.id, started))
+        await store.publish([(child_event, [children[-1]])], dedupe_ms=60_000)
+    [plain] = await enqueue(store)
+    await store.cancel_runs([c.id for c in children] + [plain], error_json='{"name": "C"}')
+
+    listed = await store.cancelled_invocations(since_ms=started, limit=10)
+    assert sorted(c.run_id for c in listed) == sorted(c.id for c in children)
+    assert {(c.job_id, c.error_json) for c in listed} == {("child", '{"name": "C"}')}
+    assert await store.cancelled_invocations(since_ms=now_ms() + 1000, limit=10) == []
+
+    told = NewEvent(f"{children[0].event_id}:finished", "stride/invoke.finished", "{}", None,
+                    now_ms())
+    await store.publish([(told, [])], dedupe_ms=60_000)
+    [left] = await store.cancelled_invocations(since_ms=started, limit=10)
+    assert left.run_id == children[1].id
