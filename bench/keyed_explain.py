@@ -23,6 +23,7 @@ import asyncio
 import random
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +57,12 @@ async def _explain(target: Target, args: argparse.Namespace) -> None:
     print(_state(target))
     print(f"the recorded claim: worker w0, limit {free} (its free slots)\n")
     if target.store == "sqlite":
-        _explain_sqlite(target, store, free)
+        for collecting in (False, True):
+            _explain_sqlite(target, free, collecting=collecting)
     else:
-        await _explain_postgres(target, store, free, analyze=False)
-        await _explain_postgres(target, store, free, analyze=True)
+        for analyze, collecting in ((False, False), (False, True), (True, False)):
+            await _explain_postgres(target, store, free, analyze=analyze,
+                                    collecting=collecting)
     await app.aclose()
 
 
@@ -79,7 +82,8 @@ async def _warm_up(store: Any, args: argparse.Namespace) -> int:
     """Workers claim full batches and finish them, WARM_ROUNDS times (the drain's middle);
     then the last one claims OVERFULL times its batch, which meets full keys and parks their
     runs, and finishes half of it (those keys have free slots and parked runs); the first
-    finishes half its batch: returns its free slots (the recorded claim's limit)."""
+    finishes its batch, as no-op runs do between two claims: returns its free slots (the
+    recorded claim's limit)."""
     workers = [f"w{index}" for index in range(args.workers)]
     held = {worker: await _claim(store, worker, args.concurrency) for worker in workers}
     for _ in range(WARM_ROUNDS):
@@ -90,9 +94,8 @@ async def _warm_up(store: Any, args: argparse.Namespace) -> int:
     await _finish(store, held[last])
     held[last] = await _claim(store, last, args.concurrency * OVERFULL)
     await _finish(store, held[last][:len(held[last]) // 2])
-    half = len(held[workers[0]]) // 2
-    await _finish(store, held[workers[0]][:half])
-    return max(half, 1)
+    await _finish(store, held[workers[0]])
+    return args.concurrency
 
 
 def _state(target: Target) -> str:
@@ -129,7 +132,15 @@ class _SqliteRecorder:
         return self.conn.executemany(sql, seq)
 
 
-def _explain_sqlite(target: Target, store: Any, limit: int) -> None:
+def _claim_state(state: Any, collecting: bool) -> Any:
+    """A claim's memory as in the drain: it collected finished runs' keys just now (most
+    claims), or COLLECT_SECONDS ago (one claim in every 2 s per process collects them)."""
+    seconds = sys.modules[type(state).__module__].COLLECT_SECONDS
+    state._collected = time.monotonic() - (seconds if collecting else 0.0)
+    return state
+
+
+def _explain_sqlite(target: Target, limit: int, *, collecting: bool) -> None:
     from stride.stores import _sqlite_flow
 
     conn = sqlite3.connect(target.path, isolation_level=None)
@@ -137,11 +148,13 @@ def _explain_sqlite(target: Target, store: Any, limit: int) -> None:
     conn.execute("BEGIN IMMEDIATE")
     started = time.perf_counter()
     taken = _sqlite_flow.claim_keyed(recorder, "w0", APP_ID, [JOB],  # type: ignore[arg-type]
-                                     limit, LEASE_MS, {}, _sqlite_flow.ClaimState())
+                                     limit, LEASE_MS, {},
+                                     _claim_state(_sqlite_flow.ClaimState(), collecting))
     took = time.perf_counter() - started
     conn.execute("ROLLBACK")
-    print(f"SQLite keyed claim: {len(taken)} runs leased in {took * 1000:.1f} ms "
-          f"({len(recorder.statements)} distinct statements; rolled back)\n")
+    print(f"SQLite keyed claim{_collects(collecting)}: {len(taken)} runs leased in "
+          f"{took * 1000:.1f} ms ({len(recorder.statements)} distinct statements; "
+          "rolled back)\n")
     for number, (sql, params) in enumerate(recorder.statements.items(), 1):
         if params is None:  # executemany with nothing to do: bind NULLs to show the plan
             params = (None,) * sql.count("?")
@@ -190,7 +203,13 @@ class _PostgresRecorder:
         return await self.conn.execute(sql, params)
 
 
-async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: bool) -> None:
+def _collects(collecting: bool) -> str:
+    return (" that also collects finished runs' keys (every 2 s per process)" if collecting
+            else ", as most are (no collection of finished runs' keys)")
+
+
+async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: bool,
+                            collecting: bool) -> None:
     import psycopg
 
     from stride._ids import new_id
@@ -202,7 +221,8 @@ async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: 
             await conn.commit()
         params = flow.ClaimParams(
             app_id=APP_ID, worker_id="w0", token=new_id(), now=time.time_ns() // 1_000_000,
-            lease_ms=LEASE_MS, limit=limit, job_ids=[JOB], limits={}, state=flow.ClaimState())
+            lease_ms=LEASE_MS, limit=limit, job_ids=[JOB], limits={},
+            state=_claim_state(flow.ClaimState(), collecting))
         recorder = _PostgresRecorder(conn)
         async with conn.transaction(force_rollback=True):  # record the claim, then undo it
             started = time.perf_counter()
@@ -210,7 +230,8 @@ async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: 
                                            store.sql.lock_jobs, params)
             took = time.perf_counter() - started
         names = _statement_names(store.flow_sql)
-        print(f"PostgreSQL keyed claim, {'after ANALYZE' if analyze else 'no statistics'}: "
+        print(f"PostgreSQL keyed claim{_collects(collecting)}, "
+              f"{'after ANALYZE' if analyze else 'no statistics (as in the drain)'}: "
               f"{len(taken)} runs leased in {took * 1000:.1f} ms (pipelined; rolled back)\n")
         async with conn.transaction(force_rollback=True):
             for sql, sql_params in recorder.statements:
@@ -228,7 +249,7 @@ def _statement_names(sql: Any) -> Callable[[str], str]:
     from stride.stores import _postgres_flow as flow
 
     known = {flow.INDEX_DRIVEN: "settings", sql.candidates: "candidates",
-             sql.lock_keys: "lock_keys", sql.running: "running", sql.apply: "apply"}
+             sql.running: "running", sql.apply: "apply"}
     return lambda statement: known.get(statement, "other")
 
 

@@ -5,12 +5,13 @@ what differs is how concurrent processes are kept from deciding on stale state:
 - publish: the limiter states are upserted and row-locked in key order (`INSERT ... ON
   CONFLICT DO UPDATE ... RETURNING`), then the runs they point at (FOR UPDATE, id order),
   so two dispatches touching one key decide one after the other, and never deadlock;
-- claim (one transaction, pipelined in three round trips): lock the candidate runs (SKIP
-  LOCKED): the oldest parked runs of keys with parked runs (round robin) and the due runs;
-  try the keys' transaction advisory locks (after the jobs' own locks, taken as the plain
-  claim takes them): a candidate whose key another claimer holds is left for the next
-  claim, so claims never wait on each other; count the leased runs per key, now that no
-  other claimer can change the locked ones; then lease, park and release in one statement.
+- claim (one transaction, pipelined in two round trips): lock the candidate runs (SKIP
+  LOCKED): the oldest parked runs of keys with parked runs (round robin) and the due runs,
+  and try their keys' transaction advisory locks in the same statement: a candidate whose
+  key another claimer holds is left for the next claim, so claims never wait on each
+  other; then (sent with it) the jobs' own locks, as the plain claim takes them, and the
+  count of leased runs per key, which no other claimer can change for the locked keys;
+  then lease, park and release in one statement.
   Finishing runs take no lock and write nothing about keys: a claim counts leased runs.
 """
 
@@ -156,11 +157,6 @@ class FlowStatements:
             f'SELECT e.id, e.name, e.data, e."user", e.ts FROM {s}.run_events l '
             f"JOIN {s}.events e ON e.id = l.event_id WHERE l.run_id = %s ORDER BY l.position")
         self.candidates = _candidates(s)
-        # try, never wait: a key another claimer is deciding on is left for the next claim
-        # (so claims of different workers never queue behind each other, nor deadlock)
-        self.lock_keys = (
-            "SELECT k.key FROM unnest(%s::text[]) AS k(key) "
-            "WHERE pg_try_advisory_xact_lock(hashtext(%s::text), hashtext(k.key))")
         self.running = _running(s)
         self.apply = _apply(s)
 
@@ -171,7 +167,10 @@ def _candidates(s: str) -> str:
     # waited longest, and the claim takes them if the key has free slots), and the due runs
     # in rank order (rank <= horizon < PARK: parked runs and runs due later are out of the
     # scan), with their keys; the runs locked (SKIP LOCKED), so concurrent claimers take
-    # different ones. Shapes that do not depend on statistics (a fresh table has none):
+    # different ones; and the keys of those runs (and of the scanned keys) whose advisory
+    # lock this claim got: try, never wait, so claims of different workers never queue
+    # behind each other, nor deadlock (a key another claimer is deciding on is left for the
+    # next claim). Shapes that do not depend on statistics (a fresh table has none):
     # index-ordered subqueries kept apart by OFFSET 0, runs looked up by primary key.
     mine = ("app_id = %(app)s AND job_id = ANY(%(jobs)s::text[]) "
             "AND available_at <= %(now)s")
@@ -192,18 +191,25 @@ def _candidates(s: str) -> str:
         f"due AS (SELECT r.id, r.job_id, r.started_at, r.rank, {keys}, NULL::text AS parked_on "
         f"FROM {s}.runs r LEFT JOIN {s}.run_keys k ON k.run_id = r.id WHERE r.{_CLAIMABLE} "
         f"AND r.rank <= %(horizon)s AND r.{mine.replace(' AND ', ' AND r.')} ORDER BY r.rank "
-        "LIMIT %(limit)s FOR UPDATE OF r SKIP LOCKED) "
+        "LIMIT %(limit)s FOR UPDATE OF r SKIP LOCKED), "
+        "keys AS (SELECT DISTINCT x.key FROM (SELECT ckey FROM heads UNION ALL SELECT ckey2 "
+        "FROM heads UNION ALL SELECT ckey FROM due UNION ALL SELECT ckey2 FROM due "
+        "UNION ALL SELECT key FROM freed) AS x(key) WHERE x.key IS NOT NULL), "
+        "locked AS (SELECT key FROM keys "
+        "WHERE pg_try_advisory_xact_lock(hashtext(%(lock_space)s::text), hashtext(key))) "
         "SELECT 'h', id, job_id, started_at IS NOT NULL, rank, ckey, clim, ckey2, clim2, "
         "parked_on FROM heads "
         "UNION ALL SELECT 'c', id, job_id, started_at IS NOT NULL, rank, ckey, clim, ckey2, "
         "clim2, parked_on FROM due "
-        "UNION ALL SELECT 'f', NULL, NULL, NULL, NULL, key, lim, NULL, NULL, NULL FROM freed")
+        "UNION ALL SELECT 'f', NULL, NULL, NULL, NULL, key, lim, NULL, NULL, NULL FROM freed "
+        "UNION ALL SELECT 'l', NULL, NULL, NULL, NULL, key, NULL, NULL, NULL, NULL FROM locked")
 
 
 def _running(s: str) -> str:
     # leased runs per key: the leased runs (few, by their partial index) joined to their
-    # keys; and per job with a job-wide limit. Sent after the locks: counts of locked keys
-    # cannot change under the claim.
+    # keys; and per job with a job-wide limit. Sent after the locks (the keys' locks are
+    # taken by the candidates statement): counts of locked keys cannot change under the
+    # claim (a finish only lowers them).
     return (
         f"SELECT 'k', v.key, count(*) FROM {s}.runs r JOIN {s}.run_keys k ON k.run_id = r.id "
         "CROSS JOIN LATERAL (VALUES (k.ckey), (k.ckey2)) AS v(key) "
@@ -251,8 +257,7 @@ def _apply(s: str) -> str:
         "FROM unnest(%(taken)s::text[]) AS t(id) WHERE r.id = t.id "
         "RETURNING r.id, r.job_id, r.event_id, r.attempt, r.errors, r.created_at, r.rank), "
         f"unparked AS (UPDATE {s}.run_keys k SET parked_on = NULL, parked_rank = NULL "
-        "FROM unnest(%(taken)s::text[]) AS t(id) WHERE k.run_id = t.id "
-        "AND k.parked_on IS NOT NULL RETURNING 1), "
+        "FROM unnest(%(taken_heads)s::text[]) AS t(id) WHERE k.run_id = t.id RETURNING 1), "
         f"parked AS (UPDATE {s}.runs r SET reason = p.reason, "
         "rank = CASE WHEN r.rank < %(park)s THEN r.rank + %(park)s ELSE r.rank END "
         "FROM unnest(%(parked)s::text[], %(parked_reasons)s::text[]) AS p(id, reason) "
@@ -390,23 +395,20 @@ async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
                       lock_jobs: str, p: ClaimParams) -> list[tuple[Any, ...]]:
     """The keyed claim's transaction; returns the leased runs as the plain claim does.
 
-    Pipelined: BEGIN, the planner settings and the first statement go in one round trip,
-    the locks and the counts in the next, the apply and COMMIT in the last."""
+    Pipelined: BEGIN, the planner settings, the candidates with their keys' locks, the
+    jobs' locks and the counts go in one round trip, the apply and COMMIT in the next."""
     async with conn.pipeline(), conn.transaction():
         await conn.execute(INDEX_DRIVEN)
         cur = await conn.execute(sql.candidates, {
             "now": p.now, "app": p.app_id, "jobs": p.job_ids, "horizon": p.now + RANK_HORIZON_MS,
-            "cursor": p.state.cursor,
+            "cursor": p.state.cursor, "lock_space": f"{sql.schema}/flow",
             "limit": min(p.limit * OVERFETCH + OVERFETCH_EXTRA, MAX_CANDIDATES)})
-        found = _Found(await cur.fetchall())
-        p.state.cursor = found.next_cursor
         limited = sorted(job for job in set(p.job_ids) if job in p.limits)
         if limited:  # the plain claim's job locks, in the same (name) order
             await conn.execute(lock_jobs, (sql.schema, p.app_id, limited))
-        locked = (await conn.execute(sql.lock_keys, (found.keys, f"{sql.schema}/flow"))
-                  if found.keys else None)
-        counted = await _count(conn, sql, p, found.keys, limited)  # sent with the locks
-        found.keep({row[0] for row in await locked.fetchall()} if locked else set())
+        counted = await conn.execute(sql.running, {"limited": limited, "app": p.app_id})
+        found = _Found(await cur.fetchall())
+        p.state.cursor = found.next_cursor
         running, job_free = await _counts_of(counted, p)
         admission = admit(found.candidates, running, job_free, p.limit)
         cur = await conn.execute(sql.apply, _apply_params(p, admission, found))
@@ -426,12 +428,10 @@ class _Found:
         self.resumed = [r[1] for r in heads + due if r[3]]
         self.seen = [c.run_id for c in self.candidates]
         self.freed = {row[5]: row[6] or 1 for row in rows if row[0] == "f"}
-        self.keys = sorted({key for c in self.candidates for key, _ in c.keys} | set(self.freed))
         self.next_cursor = max(self.freed) if len(self.freed) >= SCAN_KEYS else ""
-
-    def keep(self, locked: set[str]) -> None:
-        """Keep only what the keys this claim could lock allow it to decide on: candidates
-        whose keys are all locked, and parked keys that are."""
+        # decide only on what the keys this claim locked allow: candidates whose keys are
+        # all locked, and parked keys that are
+        locked = {row[5] for row in rows if row[0] == "l"}
         self.candidates = [c for c in self.candidates
                            if all(key in locked for key, _ in c.keys)]
         self.freed = {key: limit for key, limit in self.freed.items() if key in locked}
@@ -444,20 +444,11 @@ def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
     return ((ckey, clim),) if ckey2 is None else ((ckey, clim), (ckey2, clim2))
 
 
-async def _count(conn: psycopg.AsyncConnection[Any], sql: FlowStatements, p: ClaimParams,
-                 keys: list[str], limited: list[str]) -> psycopg.AsyncCursor[Any] | None:
-    """Send the count of leased runs per key (only those of locked keys are used: the
-    statement runs after the locks were taken, so their counts cannot change under us)."""
-    if not keys and not limited:
-        return None
-    return await conn.execute(sql.running, {"keys": keys, "limited": limited, "app": p.app_id})
-
-
-async def _counts_of(cur: psycopg.AsyncCursor[Any] | None,
+async def _counts_of(cur: psycopg.AsyncCursor[Any],
                      p: ClaimParams) -> tuple[dict[str, int], dict[str, int]]:
     running: dict[str, int] = {}
     job_free: dict[str, int] = {}
-    for kind, name, count in (await cur.fetchall() if cur is not None else []):
+    for kind, name, count in await cur.fetchall():
         if kind == "k":
             running[name] = int(count)
         else:
@@ -484,6 +475,8 @@ def _apply_params(p: ClaimParams, admission: Admission, found: _Found) -> dict[s
         "now": p.now, "leased_at": leased_at, "app": p.app_id,
         "horizon": p.now + RANK_HORIZON_MS,
         "park": PARK, "taken": admission.taken, "resumed": found.resumed,
+        # only heads can be parked among the taken: a due candidate's rank is below PARK
+        "taken_heads": [run_id for run_id in admission.taken if run_id in found.parked_on],
         "parked": [run_id for run_id, _, _ in parked],
         "parked_keys": [key for _, key, _ in parked],
         "parked_ranks": [found.ranks[run_id] for run_id, _, _ in parked],
