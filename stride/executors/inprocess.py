@@ -23,7 +23,13 @@ from pydantic import TypeAdapter, ValidationError
 from stride import _codec
 from stride._current import RunScope, current_run
 from stride._decisions import Abandoned, Completed, Decision, Failed, Rescheduled
-from stride._failures import describe_error
+from stride._failures import (
+    MIN_TAKEOVERS,
+    describe_error,
+    gave_up_on_lost_workers,
+    loads_errors,
+    losses_in_a_row,
+)
 from stride._replay import Memo, RunLost, StepCall, Suspend
 from stride._waits import INVOKE_EVENT
 from stride.context import Context, RunLogger, SyncContext
@@ -315,11 +321,27 @@ def build_context(execution: RunExecution, app_id: str, logger: logging.Logger,
     return SyncContext(step=SyncStep(execution), **common)
 
 
+def _poison_pill(job: Job[Any, Any], claimed: ClaimedRun) -> Failed | None:
+    """Fail, without running it, a run that lost its worker at the same point as many times
+    as its job allows attempts (at least `MIN_TAKEOVERS`): retaking it forever would crash
+    one worker after another."""
+    steps_done = sum(1 for step in claimed.steps if step.status == "completed")
+    losses = losses_in_a_row(claimed.errors_json, steps_done)
+    if losses < max(job.max_attempts, MIN_TAKEOVERS):
+        return None
+    error = gave_up_on_lost_workers(losses, steps_done, _now_ms())
+    errors = [*loads_errors(claimed.errors_json), error]
+    return Failed(_codec.dumps_str(error), _codec.dumps_str(errors))
+
+
 async def run_claimed(store: Store, job: Job[Any, Any], claimed: ClaimedRun, *, app_id: str,
                       threads: Executor, logger: logging.Logger,
                       draining: Callable[[], bool], host: WorkflowHost | None = None,
                       ) -> Decision:
     """Execute one claimed run to its next decision (the worker applies it)."""
+    gave_up = _poison_pill(job, claimed)
+    if gave_up is not None:
+        return gave_up
     execution = RunExecution(store, job, claimed, asyncio.get_running_loop(), draining, threads,
                              host)
     try:  # a batched run's events (one read per batch; other runs carry their one event)

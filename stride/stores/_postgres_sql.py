@@ -97,8 +97,12 @@ class Statements:
             f"WITH expired AS (SELECT id FROM {s}.runs WHERE status = 'running' AND "
             "lease_expires_at < %(now)s FOR UPDATE SKIP LOCKED), "
             f"requeued AS (UPDATE {s}.runs r SET status = 'queued', {_LEASE_CLEARED}, "
-            "available_at = %(now)s, rank = %(now)s FROM expired WHERE r.id = expired.id "
-            "RETURNING r.id), "
+            "available_at = %(now)s, rank = %(now)s, errors = (coalesce(r.errors::jsonb, "
+            "'[]'::jsonb) || jsonb_build_array(jsonb_build_object('name', %(lost)s::text, "
+            "'message', %(lost_message)s::text, 'steps_done', (SELECT count(*) FROM "
+            f"{s}.steps st WHERE st.run_id = r.id AND st.status = 'completed'), "
+            "'ended_at', %(now)s::bigint)))::text "
+            "FROM expired WHERE r.id = expired.id RETURNING r.id), "
             "woken AS (SELECT pg_notify(%(channel)s, '') FROM requeued LIMIT 1) "
             "SELECT id, (SELECT count(*) FROM woken) FROM requeued")
         self.steps_of = (

@@ -32,6 +32,7 @@ import psycopg
 import psycopg_pool
 
 from stride._audit import AuditRecord
+from stride._failures import LOST_MESSAGE, WORKER_LOST
 from stride._ids import new_id
 from stride.errors import ConfigurationError, StoreUnavailable
 from stride.flow import MAX_PRIORITY_SECONDS
@@ -499,7 +500,8 @@ class PostgresStore:
     async def reclaim_expired(self) -> list[str]:
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[str]:
             [rows] = await transaction(
-                conn, [(self.sql.reclaim, {"now": _now_ms(), "channel": self.schema})],
+                conn, [(self.sql.reclaim, {"now": _now_ms(), "channel": self.schema,
+                                           "lost": WORKER_LOST, "lost_message": LOST_MESSAGE})],
                 durable=False)
             return [row[0] for row in rows]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stride._audit import AuditRecord
+from stride._failures import LOST_MESSAGE, WORKER_LOST
 from stride._ids import new_id
 from stride.errors import ConfigurationError, LeaseLost, StoreError
 from stride.flow import MAX_PRIORITY_SECONDS
@@ -295,11 +296,15 @@ class SqliteStore:
     async def reclaim_expired(self) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
             now = _now_ms()
+            # the loss is recorded with the run's progress (see `_failures.losses_in_a_row`)
             rows = conn.execute(
                 "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_token = NULL, "
-                "lease_expires_at = NULL, available_at = ?, rank = ? "
+                "lease_expires_at = NULL, available_at = ?, rank = ?, "
+                "errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object("
+                "'name', ?, 'message', ?, 'steps_done', (SELECT count(*) FROM steps s "
+                "WHERE s.run_id = runs.id AND s.status = 'completed'), 'ended_at', ?)) "
                 "WHERE status = 'running' AND lease_expires_at < ? RETURNING id",
-                (now, now, now)).fetchall()
+                (now, now, WORKER_LOST, LOST_MESSAGE, now, now)).fetchall()
             return [row[0] for row in rows]
 
         ids: list[str] = await self._writer.run(op)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 
 from stride import Context, Stride, WaitTimeout
+from stride._failures import MIN_TAKEOVERS
 from stride._worker import Worker, WorkerOptions
 from stride.stores.sqlite import SqliteStore
+from tests.conftest import eventually
 
 
 @pytest.fixture
@@ -112,3 +115,62 @@ async def test_a_run_abandoned_after_a_store_blip_is_taken_up_again(
 
     assert len(ran) >= 1
     assert run.status == "completed", "the lease of a run nobody works on must lapse"
+
+
+async def lose_worker(app: Stride, job_id: str) -> None:
+    """A worker takes a run of `job_id` and dies: its lease expires and is reclaimed."""
+    store = await app.store()
+    [_claimed] = await store.claim(worker_id="doomed", app_id=app.app_id, job_ids=[job_id],
+                                   limit=1, lease_ms=20, concurrency={})
+    await asyncio.sleep(0.05)
+    assert await store.reclaim_expired()
+
+
+async def test_a_run_that_keeps_killing_its_worker_is_failed_not_retaken_forever(
+        database_url: str) -> None:
+    app = Stride(app_id="poison", database_url=database_url)
+    ran: list[str] = []
+    told: list[dict[str, Any]] = []
+
+    @app.define_job(id="poison", trigger="test/poison", retries=1)
+    async def poison(ctx: Context[dict[str, Any]]) -> str:
+        ran.append("poison")
+        return "survived"
+
+    @app.on_failure(poison)
+    async def report(ctx: Context[dict[str, Any]]) -> None:
+        told.append(ctx.event.data["error"])
+
+    [event_id] = await app.dispatch("test/poison", {})
+    for _ in range(MIN_TAKEOVERS):
+        await lose_worker(app, "poison")
+    async with app.worker():
+        [run] = await app.get_runs(event_id=event_id)
+        run = await app.wait_for(run.id, timeout=20)
+        await eventually(lambda: asyncio.sleep(0, told or None), what="on_failure ran")
+    await app.aclose()
+
+    assert run.status == "failed" and ran == []
+    assert run.error["name"] == "WorkerLost"
+    assert f"lost its worker {MIN_TAKEOVERS} times in a row" in run.error["message"]
+    assert [e["name"] for e in run.errors] == ["WorkerLost"] * (MIN_TAKEOVERS + 1)
+    assert told[0]["name"] == "WorkerLost"
+
+
+async def test_fewer_lost_workers_than_the_limit_and_the_run_still_completes(
+        database_url: str) -> None:
+    app = Stride(app_id="survivor", database_url=database_url)
+
+    @app.define_job(id="sturdy", trigger="test/sturdy", retries=0)
+    async def sturdy(ctx: Context[dict[str, Any]]) -> str:
+        return "done"
+
+    [event_id] = await app.dispatch("test/sturdy", {})
+    for _ in range(MIN_TAKEOVERS - 1):  # retries=0 and yet crashes never fail a run alone
+        await lose_worker(app, "sturdy")
+    async with app.worker():
+        [run] = await app.get_runs(event_id=event_id)
+        run = await app.wait_for(run.id, timeout=20)
+    await app.aclose()
+
+    assert (run.status, run.output) == ("completed", "done")

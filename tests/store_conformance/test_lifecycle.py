@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from stride.errors import LeaseLost
-from stride.stores.base import Store
+from stride.stores.base import StepRecord, Store
 
 from .conftest import claim, enqueue, now_ms
 
@@ -128,3 +129,24 @@ async def test_reclaim_requeues_only_expired_leases(store: Store) -> None:
     [retaken] = await claim(store, worker_id="survivor")
     assert retaken.lease.run_id == short.lease.run_id
     assert await store.reclaim_expired() == []
+
+
+async def test_a_reclaim_records_the_lost_worker_with_the_runs_progress(store: Store) -> None:
+    [run_id] = await enqueue(store)
+    [first] = await claim(store, worker_id="dies", lease_ms=50)
+    await store.checkpoint(first.lease, StepRecord("fetch", 0, "run", "completed", "1",
+                                                   attempts=1, started_at=now_ms(),
+                                                   ended_at=now_ms()))
+    await asyncio.sleep(0.1)
+    await store.reclaim_expired()
+    [_again] = await claim(store, worker_id="dies-too", lease_ms=50)
+    await asyncio.sleep(0.1)
+    await store.reclaim_expired()
+
+    [retaken] = await claim(store, worker_id="survivor")
+
+    assert retaken.lease.run_id == run_id
+    errors = json.loads(retaken.errors_json or "[]")
+    assert [(e["name"], e["steps_done"]) for e in errors] == [("WorkerLost", 1)] * 2
+    assert all("lease" in e["message"] and e["ended_at"] > 0 for e in errors)
+    assert retaken.attempt == 0, "a lost worker is not a failed attempt of the handler"
