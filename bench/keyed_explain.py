@@ -151,6 +151,11 @@ def _explain_sqlite(target: Target, limit: int, *, collecting: bool) -> None:
                                      limit, LEASE_MS, {},
                                      _claim_state(_sqlite_flow.ClaimState(), collecting))
     took = time.perf_counter() - started
+    backlog = _backlog_key(conn)
+    if backlog is not None and not any("k.ckey IN" in sql for sql in recorder.statements):
+        # no key had a backlog in this claim: show the bulk park's statements too
+        _sqlite_flow._park_backlogs(recorder, {backlog: 1},  # type: ignore[arg-type]
+                                    time.time_ns() // 1_000_000)
     conn.execute("ROLLBACK")
     print(f"SQLite keyed claim{_collects(collecting)}: {len(taken)} runs leased in "
           f"{took * 1000:.1f} ms ({len(recorder.statements)} distinct statements; "
@@ -164,6 +169,14 @@ def _explain_sqlite(target: Target, limit: int, *, collecting: bool) -> None:
         print("\n".join(lines) or "(no table access)")
         print(_sqlite_summary(lines) + "\n")
     conn.close()
+
+
+def _backlog_key(conn: Any) -> str | None:
+    """A key with queued runs, to show the bulk park of a key's backlog."""
+    row = conn.execute(
+        "SELECT k.ckey FROM run_keys k JOIN runs r ON r.id = k.run_id "
+        "WHERE r.status = 'queued' AND k.parked_on IS NULL LIMIT 1").fetchone()
+    return None if row is None else str(row[0])
 
 
 def _depth(plan: list[tuple[Any, ...]], parent: int) -> int:
@@ -239,10 +252,29 @@ async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: 
                     await conn.execute(sql)
                     print(f"-- {names(sql)} (transaction-local planner settings)\n")
                     continue
-                cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", sql_params)
-                lines = [row[0] for row in await cur.fetchall()]
-                print(f"-- {names(sql)}\n" + "\n".join(lines))
-                print(_postgres_summary(lines) + "\n")
+                await _explain_one(conn, names(sql), sql, sql_params)
+        apply_params = next(params for sql, params in recorder.statements
+                            if sql == store.flow_sql.apply)
+        backlog = (await (await conn.execute(
+            f'SELECT k.ckey FROM "{target.schema}".run_keys k JOIN "{target.schema}".runs r '
+            "ON r.id = k.run_id WHERE r.status = 'queued' AND k.parked_on IS NULL "
+            "LIMIT 1")).fetchall())
+        if not apply_params["backlog_keys"] and not analyze and backlog:
+            # no key had a backlog in this claim: the apply again with one, to show the bulk
+            # park (a scan of the next 1,000 due runs for that key's runs)
+            forced = {**apply_params, "backlog_keys": [backlog[0][0]],
+                      "backlog_reasons": ["concurrency: (explain)"]}
+            async with conn.transaction(force_rollback=True):
+                await conn.execute(flow.INDEX_DRIVEN)
+                await _explain_one(conn, "apply, the same parameters plus one key with a "
+                                   "backlog (bulk park)", store.flow_sql.apply, forced)
+
+
+async def _explain_one(conn: Any, name: str, sql: str, params: Any) -> None:
+    cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
+    lines = [row[0] for row in await cur.fetchall()]
+    print(f"-- {name}\n" + "\n".join(lines))
+    print(_postgres_summary(lines) + "\n")
 
 
 def _statement_names(sql: Any) -> Callable[[str], str]:
