@@ -1,16 +1,19 @@
 """Sleepers: N runs each `step.sleep("nap", 1)`; how late after their due time do they resume?
 
     .venv/bin/python bench/sleepers.py --store sqlite [--runs 10000] [--together 5]
+        [--workers 1] [--concurrency 10]
 
-N `bench/sleep` events are dispatched at once (dispatch_many, 1,000 a call) to one worker
-process. Each run records its wake-up time in its sleep step (`wake_at` = the step's start
+N `bench/sleep` events are dispatched at once (dispatch_many, 1,000 a call) to worker
+processes started beforehand: by default one, with the worker's default settings
+(`--concurrency` is `jobs.worker()`'s default, 10), which is what a user starts first. Each
+run records its wake-up time in its sleep step (`wake_at` = the step's start
 + 1 s, in the store) and, once resumed, returns the wall clock of its handler's line after
 the sleep. Lateness = that minus `wake_at`: the claim of a due run, the replay up to the
 sleep, on top of the worker's backlog. With `--together S` every run instead sleeps until
 one instant S seconds after the dispatch (`sleep_until`), so all N fall due at once and the
 figure is how fast the worker drains a wave of N wake-ups.
-Last line: `RESULT store=... runs=... late_p50_ms=... late_p99_ms=... late_max_ms=...
-within_2s=...`.
+Last line: `RESULT store=... runs=... workers=... concurrency=... late_p50_ms=...
+late_p99_ms=... late_max_ms=... within_2s=...`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from bench.waits import (  # noqa: E402
     wait_for_count,
 )
 from stride import _codec  # noqa: E402
+from stride._worker import DEFAULT_CONCURRENCY  # noqa: E402
 
 
 async def dispatch_sleepers(url: str, runs: int, together: float | None) -> float:
@@ -98,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--together", type=float, metavar="S",
                         help="all sleep until one instant S seconds after the dispatch")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help="runs each worker executes at once (default: the worker's own)")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     return parser
 
@@ -112,7 +117,8 @@ def main() -> int:
     except Skip as exc:
         print(f"SKIP store={args.store}: {exc}")
         return 0
-    print(f"RESULT store={args.store} runs={args.runs} late_p50_ms={result['p50']:.0f} "
+    print(f"RESULT store={args.store} runs={args.runs} workers={args.workers} "
+          f"concurrency={args.concurrency} late_p50_ms={result['p50']:.0f} "
           f"late_p99_ms={result['p99']:.0f} late_max_ms={result['max']:.0f} "
           f"within_2s={result['within']:.0f}/{args.runs}")
     return 0
