@@ -400,8 +400,9 @@ async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
     async with conn.pipeline(), conn.transaction():
         await conn.execute(INDEX_DRIVEN)
         cur = await conn.execute(sql.candidates, {
-            "now": p.now, "app": p.app_id, "jobs": p.job_ids, "horizon": p.now + RANK_HORIZON_MS,
-            "cursor": p.state.cursor, "lock_space": f"{sql.schema}/flow",
+            "now": p.now, "app": p.app_id, "jobs": p.job_ids,
+            "horizon": p.now + RANK_HORIZON_MS, "cursor": p.state.cursor,
+            "lock_space": f"{sql.schema}/flow",
             "limit": min(p.limit * OVERFETCH + OVERFETCH_EXTRA, MAX_CANDIDATES)})
         limited = sorted(job for job in set(p.job_ids) if job in p.limits)
         if limited:  # the plain claim's job locks, in the same (name) order
@@ -412,7 +413,9 @@ async def claim_keyed(conn: psycopg.AsyncConnection[Any], sql: FlowStatements,
         running, job_free = await _counts_of(counted, p)
         admission = admit(found.candidates, running, job_free, p.limit)
         cur = await conn.execute(sql.apply, _apply_params(p, admission, found))
-        return await cur.fetchall()
+        # read after the block: the COMMIT goes right behind the apply, in the same round
+        # trip (fetching inside it cost a third one, 1.4 ms of a 15 ms claim in the bench)
+    return await cur.fetchall()
 
 
 class _Found:
