@@ -93,7 +93,10 @@ class Worker:
         self._logger = logger
         self._limits = {j.id: j.concurrency for j in jobs.values() if j.concurrency}
         self._keyed = frozenset(j.id for j in jobs.values() if is_keyed(j.flow))
-        self._active: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        self._active: dict[str, tuple[asyncio.Task[None], Lease]] = {}  # handlers running
+        # runs whose handler is done and whose outcome is being committed: their slot is
+        # free already (see `_handler_done`), their lease not yet
+        self._applying: dict[str, tuple[asyncio.Task[None], Lease]] = {}
         self._unreleased: list[Lease] = []
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -118,7 +121,8 @@ class Worker:
 
     @property
     def active_runs(self) -> int:
-        return len(self._active)
+        """Runs this worker holds: executing, or committing their outcome."""
+        return len(self._active) + len(self._applying)
 
     async def start(self) -> None:
         await self._beat()
@@ -142,10 +146,10 @@ class Worker:
         self._draining = True
         if self._claim_task is not None:
             await self._claim_task
-        tasks = [task for task, _ in self._active.values()]
+        tasks = [task for task, _ in [*self._active.values(), *self._applying.values()]]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
-        leftover = list(self._active.values())
+        leftover = [*self._active.values(), *self._applying.values()]
         for task, _ in leftover:
             task.cancel()
         if leftover:
@@ -229,8 +233,21 @@ class Worker:
         task.add_done_callback(lambda _t: self._run_done(run_id))
 
     def _run_done(self, run_id: str) -> None:
-        self._active.pop(run_id, None)
-        self._slot_freed.set()
+        self._applying.pop(run_id, None)
+        if self._active.pop(run_id, None) is not None:
+            self._slot_freed.set()
+
+    def _handler_done(self, run_id: str) -> None:
+        """The run's handler reached its decision: its slot is free while the outcome is
+        committed, so the next claim overlaps that commit instead of following it. At
+        concurrency 10 on PostgreSQL a batch of runs otherwise waited for a claim, their
+        checkpoints and their reschedule or finish one after the other (bench/sleepers.py:
+        the wave of 10,000 resumes drained in 1.6-2.2 s instead of 3.2-7 s). The run stays
+        leased, and counted by the store's concurrency limits, until the commit lands."""
+        entry = self._active.pop(run_id, None)
+        if entry is not None:
+            self._applying[run_id] = entry
+            self._slot_freed.set()
 
     async def _execute(self, claimed: ClaimedRun) -> None:
         job = self._jobs[claimed.job_id]
@@ -244,6 +261,7 @@ class Worker:
             log.exception("run %s: the executor failed", run_id)
             error = describe_error(exc, attempt=1, started_at=None, ended_at=_now_ms())
             decision = Failed(_codec.dumps_str(error), _codec.dumps_str([error]))
+        self._handler_done(run_id)
         try:
             await self._apply(claimed.lease, decision,
                               finish_events(self.app_id, job, claimed, decision))
@@ -297,7 +315,7 @@ class Worker:
     async def _beat(self) -> None:
         await self._release_abandoned()
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "concurrency": self.options.concurrency, "active": len(self._active),
+                "concurrency": self.options.concurrency, "active": self.active_runs,
                 "jobs": sorted(self._jobs)}
         await self._store.heartbeat(worker_id=self.id, app_id=self.app_id,
                                     lease_ms=int(self.options.lease_seconds * 1000),
