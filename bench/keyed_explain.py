@@ -7,9 +7,11 @@ keys' runs are parked, and some keys with parked runs have a free slot (see `_wa
 Then one more keyed claim is recorded statement by statement (on a connection whose
 transaction is rolled back) and each statement is shown with its plan:
 
-- PostgreSQL: EXPLAIN (ANALYZE, BUFFERS) of each statement, replayed with its recorded
-  parameters in one transaction (the claim's planner settings first), rolled back; twice:
-  as the drain meets the tables (no statistics yet) and after ANALYZE;
+- PostgreSQL: EXPLAIN (ANALYZE, BUFFERS) of each statement's generic plan (PREPARE, then
+  EXECUTE with its recorded parameters: the plan the drain runs once psycopg has prepared
+  the statement, whose parameters show as $n), in one transaction (the claim's planner
+  settings first), rolled back; twice: as the drain meets the tables (no statistics yet)
+  and after ANALYZE;
 - SQLite: EXPLAIN QUERY PLAN of each distinct statement.
 
 After each plan: the indexes it uses and whether it scans a table in full (`SCAN runs`
@@ -271,10 +273,38 @@ async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: 
 
 
 async def _explain_one(conn: Any, name: str, sql: str, params: Any) -> None:
-    cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
+    from psycopg import sql as pgsql
+
+    text, values = _numbered(sql, params)
+    await conn.execute(f"PREPARE keyed_explain AS {text}")
+    cur = await conn.execute(pgsql.SQL("EXPLAIN (ANALYZE, BUFFERS) EXECUTE keyed_explain({})")
+                             .format(pgsql.SQL(", ").join(map(pgsql.Literal, values))))
     lines = [row[0] for row in await cur.fetchall()]
+    await conn.execute("DEALLOCATE keyed_explain")
     print(f"-- {name}\n" + "\n".join(lines))
     print(_postgres_summary(lines) + "\n")
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
+
+
+def _numbered(sql: str, params: Any) -> tuple[str, list[Any]]:
+    """The statement with $1, $2, ... for psycopg's placeholders, and their values in order."""
+    values: list[Any] = []
+    numbers: dict[str, int] = {}
+    positional = iter(() if isinstance(params, dict) else params or ())
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            values.append(next(positional))
+            return f"${len(values)}"
+        if name not in numbers:
+            values.append(params[name])
+            numbers[name] = len(values)
+        return f"${numbers[name]}"
+
+    return _PLACEHOLDER.sub(number, sql), values
 
 
 def _statement_names(sql: Any) -> Callable[[str], str]:

@@ -64,13 +64,18 @@ _FINISHED = "('completed', 'failed', 'cancelled', 'skipped')"
 INDEX_DRIVEN = ("SELECT set_config('enable_seqscan', 'off', true), "
                 "set_config('enable_bitmapscan', 'off', true), "
                 "set_config('enable_hashjoin', 'off', true), "
-                "set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)")
+                "set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true), "
+                "set_config('plan_cache_mode', 'force_generic_plan', true)")
 """The keyed claim's statements touch a few rows each by index; where a table has no
 statistics yet (a fresh schema under load: autovacuum has not analysed it) the planner
 preferred hash joins over full scans of runs (8-30 ms a statement instead of < 1 ms), and
 read every parked run of a key to sort them where the index gives the oldest first.
 Disabling them adds a huge cost to the alternatives, which would make PostgreSQL JIT-compile
-the statements (100+ ms each): so no JIT either. For the claim's transaction only."""
+the statements (100+ ms each): so no JIT either. And once psycopg has prepared a statement
+(its 5th run on a connection), its generic plan: left to choose, PostgreSQL planned the
+apply afresh for every claim (a custom plan, 0.6-1.3 ms: it never found the generic one
+cheaper), though with the settings above and the fenced subqueries both plans have the
+same shape. For the claim's transaction only."""
 _BY_ID = ("SELECT id, job_id, started_at, rank, status, app_id, available_at FROM {s}.runs "
           "WHERE id = k.run_id OFFSET 0 FOR UPDATE SKIP LOCKED")
 """One run by primary key, locked. The key is its only condition (OFFSET 0 keeps the outer
@@ -231,7 +236,9 @@ def _apply(s: str) -> str:
     # statistics the planner walked runs_status, every finished run ever, every 2 s.
     memo_columns = ", ".join(f"m.{column}" for column in STEP_COLUMNS.split(", "))
     # the runs of keys with a backlog among the next BULK_SCAN due runs (not a key index:
-    # it would cost every keyed run an entry on a random page, in and out)
+    # it would cost every keyed run an entry on a random page, in and out); the candidates
+    # are left out on r, the few runs that matched a key: on d, the generic plan compared
+    # each of the BULK_SCAN runs with every candidate
     bulk = (
         "SELECT f.key, f.reason, r.id, d.rank FROM (SELECT id, rank FROM "
         f"{s}.runs WHERE cardinality(%(backlog_keys)s::text[]) > 0 AND {_CLAIMABLE} "
@@ -242,7 +249,7 @@ def _apply(s: str) -> str:
         "ON f.key IN (k.ckey, k.ckey2) CROSS JOIN LATERAL "
         f"({_BY_ID.format(s=s).replace('k.run_id', 'd.id')}) AS r "
         f"WHERE k.parked_on IS NULL AND r.{_CLAIMABLE} "
-        "AND d.id <> ALL(%(seen)s::text[])")
+        "AND r.id <> ALL(%(seen)s::text[])")
     release = (
         "SELECT x.id FROM unnest(%(free_keys)s::text[], %(free_counts)s::int[]) AS u(key, n) "
         f"CROSS JOIN LATERAL (SELECT r.id FROM (SELECT run_id, parked_rank FROM {s}.run_keys "
