@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from stride import _audit
 from tests.conftest import POSTGRES_URL
 
 APP_ROLE = "stride_rls_app"
@@ -42,6 +43,20 @@ class RlsDatabase:
     @property
     def owners_sql(self) -> str:
         return f"SELECT DISTINCT owner_id FROM {self.table} ORDER BY owner_id"
+
+
+@pytest.fixture(autouse=True)
+def _no_app_left_by_earlier_tests() -> Iterator[None]:
+    """Audit records with no recorder go to a registered app (or the last one registered),
+    else they are kept. The registry is per process and an xdist worker runs many tests: an
+    app an earlier test left alive would take records a test expects to find kept."""
+    def forget() -> None:
+        with _audit._registry._lock:
+            _audit._registry._apps.clear()
+            _audit._registry._default = None
+    forget()
+    yield
+    forget()
 
 
 def policy_template() -> str:
