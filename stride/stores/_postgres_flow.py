@@ -236,20 +236,21 @@ def _apply(s: str) -> str:
     # statistics the planner walked runs_status, every finished run ever, every 2 s.
     memo_columns = ", ".join(f"m.{column}" for column in STEP_COLUMNS.split(", "))
     # the runs of keys with a backlog among the next BULK_SCAN due runs (not a key index:
-    # it would cost every keyed run an entry on a random page, in and out); the candidates
-    # are left out on r, the few runs that matched a key: on d, the generic plan compared
-    # each of the BULK_SCAN runs with every candidate
+    # it would cost every keyed run an entry on a random page, in and out). Matched first
+    # (m, kept apart by OFFSET 0), then the candidates left out and the rest locked: only
+    # the few runs that matched are compared with the candidates (in the generic plan a
+    # condition on d compared every scanned run with each of them) and locked, whatever
+    # order of the joins the planner would prefer
     bulk = (
-        "SELECT f.key, f.reason, r.id, d.rank FROM (SELECT id, rank FROM "
-        f"{s}.runs WHERE cardinality(%(backlog_keys)s::text[]) > 0 AND {_CLAIMABLE} "
-        "AND rank <= %(horizon)s AND available_at <= %(now)s "
+        "SELECT m.key, m.reason, r.id, m.rank FROM (SELECT f.key, f.reason, d.id, d.rank "
+        f"FROM (SELECT id, rank FROM {s}.runs WHERE cardinality(%(backlog_keys)s::text[]) > 0 "
+        f"AND {_CLAIMABLE} AND rank <= %(horizon)s AND available_at <= %(now)s "
         f"AND app_id = %(app)s ORDER BY rank LIMIT {BULK_SCAN}) AS d "
         f"JOIN {s}.run_keys k ON k.run_id = d.id "
         "JOIN unnest(%(backlog_keys)s::text[], %(backlog_reasons)s::text[]) AS f(key, reason) "
-        "ON f.key IN (k.ckey, k.ckey2) CROSS JOIN LATERAL "
-        f"({_BY_ID.format(s=s).replace('k.run_id', 'd.id')}) AS r "
-        f"WHERE k.parked_on IS NULL AND r.{_CLAIMABLE} "
-        "AND r.id <> ALL(%(seen)s::text[])")
+        "ON f.key IN (k.ckey, k.ckey2) WHERE k.parked_on IS NULL OFFSET 0) AS m "
+        f"CROSS JOIN LATERAL ({_BY_ID.format(s=s).replace('k.run_id', 'm.id')}) AS r "
+        f"WHERE m.id <> ALL(%(seen)s::text[]) AND r.{_CLAIMABLE}")
     release = (
         "SELECT x.id FROM unnest(%(free_keys)s::text[], %(free_counts)s::int[]) AS u(key, n) "
         f"CROSS JOIN LATERAL (SELECT r.id FROM (SELECT run_id, parked_rank FROM {s}.run_keys "
