@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stride.stores.base import NewWait, RunStatus
+from stride.stores.base import NewWait, RunStatus, StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,9 @@ class Rescheduled:
     errors_json: str | None = None
     waits: tuple[NewWait, ...] = ()
     """Steps waiting for events: registered with the suspension (`suspend_for_events`)."""
+    step: StepRecord | None = None
+    """A fresh sleep step's record, written with the reschedule in its transaction (instead of
+    a checkpoint before it: one commit fewer when a run starts to sleep)."""
 
 
 @dataclass(frozen=True, slots=True)

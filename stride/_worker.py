@@ -289,9 +289,10 @@ class Worker:
             case Rescheduled(available_at=at, waits=waits) if waits:
                 await self._store.suspend_for_events(lease, waits, available_at=at)
                 self._wakes.add(at)
-            case Rescheduled(available_at=at, status=status, attempt=attempt, errors_json=errs):
+            case Rescheduled(available_at=at, status=status, attempt=attempt, errors_json=errs,
+                             step=step):
                 await self._store.reschedule(lease, available_at=at, status=status,
-                                             attempt=attempt, errors_json=errs)
+                                             attempt=attempt, errors_json=errs, step=step)
                 self._wakes.add(at)
             case Abandoned(reason=reason, release=release):
                 log.warning("run %s abandoned by this worker: %s", lease.run_id, reason)

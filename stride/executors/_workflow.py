@@ -79,6 +79,7 @@ class WorkflowSteps:
     memo: Memo
     host: WorkflowHost | None
     _pending_waits: list[NewWait]
+    _pending_sleep: StepRecord | None
     _draining: Callable[[], bool]
 
     # provided by RunExecution
@@ -154,12 +155,17 @@ class WorkflowSteps:
             self.memo.record(done)
         return done
 
-    def suspended(self, suspend: Suspend) -> Rescheduled:
-        """The decision for a suspended handler: with the waits it reached, if any."""
-        waits = self._pending_waits
+    async def suspended(self, suspend: Suspend) -> Rescheduled:
+        """The decision for a suspended handler: with the waits it reached, if any, and the
+        record of the fresh sleep it reached, if any (written with the reschedule)."""
+        waits, sleep = self._pending_waits, self._pending_sleep
+        wakes = [] if sleep is None or sleep.wake_at is None else [sleep.wake_at]
         if not waits:
-            return Rescheduled(suspend.available_at, suspend.status)
-        at = min([suspend.available_at, *(wait.expires_at for wait in waits)])
+            at = min([suspend.available_at, *wakes])
+            return Rescheduled(at, suspend.status, step=sleep)
+        if sleep is not None:  # a wait and a sleep at once: the suspension takes no step
+            await self._checkpoint(sleep)
+        at = min([suspend.available_at, *wakes, *(wait.expires_at for wait in waits)])
         return Rescheduled(at, "waiting", waits=tuple(waits))
 
     # -- send_event ----------------------------------------------------------------------

@@ -107,6 +107,7 @@ class RunExecution(WorkflowSteps):
         self.store = store
         self.host = host
         self._pending_waits: list[NewWait] = []
+        self._pending_sleep: StepRecord | None = None
         self.job = job
         self.claimed = claimed
         self.loop = loop
@@ -178,14 +179,29 @@ class RunExecution(WorkflowSteps):
                 raise Suspend(_now_ms(), "worker is shutting down")
             record = StepRecord(step_id=call.step_id, position=call.position, kind="sleep",
                                 status="sleeping", started_at=_now_ms(), wake_at=wake_at)
-            await self._checkpoint(record)
+            if _now_ms() < wake_at and self._pending_sleep is None:
+                # no checkpoint: the record goes with the run's reschedule, in its transaction
+                # (`Rescheduled.step`). One per suspension: a sibling sleep (asyncio.gather)
+                # checkpoints its own below.
+                self._pending_sleep = record
+                raise Suspend(wake_at, f"step {call.step_id!r} sleeps", "sleeping")
+            await self._checkpoint_step(record)
         if record.status == "completed":
             return
         if record.wake_at is None or _now_ms() >= record.wake_at:
             done = replace(record, status="completed", ended_at=_now_ms())
-            await self._checkpoint(done)
+            await self._checkpoint_step(done)
             return
         raise Suspend(record.wake_at, f"step {call.step_id!r} sleeps", "sleeping")
+
+    async def _checkpoint_step(self, record: StepRecord) -> None:
+        """A checkpoint counted as a step in flight, so that a sibling's suspension
+        (asyncio.gather) waits for it to commit before the run is rescheduled."""
+        self._step_started()
+        try:
+            await self._checkpoint(record)
+        finally:
+            self._step_settled()
 
     async def succeeded(self, call: StepCall, fn: Callable[..., Any], value: Any,
                         started_at: int) -> Any:
@@ -256,10 +272,7 @@ class RunExecution(WorkflowSteps):
                 result = await self.loop.run_in_executor(threads, context.run,
                                                          self.job.handler, ctx)
         except Suspend as suspend:
-            await self._settle_parallel_steps()
-            if self._lost is not None:
-                return self._abandoned()
-            return self.suspended(suspend)
+            return await self._on_suspend(suspend)
         except RunLost:
             return self._abandoned()
         except LeaseLost as exc:
@@ -277,6 +290,15 @@ class RunExecution(WorkflowSteps):
                 result, what=f"the output of job {self.job.id!r} (the handler's return value)"))
         except SerializationError as exc:
             return self._handler_failed(exc, started)
+
+    async def _on_suspend(self, suspend: Suspend) -> Decision:
+        await self._settle_parallel_steps()
+        if self._lost is not None:
+            return self._abandoned()
+        try:
+            return await self.suspended(suspend)
+        except RunLost:  # a sleep's record, checkpointed beside waits, found the run lost
+            return self._abandoned()
 
     def _abandoned(self) -> Abandoned:
         return Abandoned(self._lost or "run lost", release=self._still_ours)

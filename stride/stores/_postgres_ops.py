@@ -19,7 +19,7 @@ from stride.stores.base import Lease, NewEvent, NewRun, PublishResult, RunStatus
 PublishItem = Sequence[tuple[NewEvent, Sequence[NewRun]]]
 CheckpointItem = tuple[Lease, StepRecord]
 FinishItem = tuple[Lease, RunStatus, str | None, str | None, str | None]
-RescheduleItem = tuple[Lease, int, RunStatus, int | None, str | None]
+RescheduleItem = tuple[Lease, int, RunStatus, int | None, str | None, StepRecord | None]
 
 
 def lease_lost(lease: Lease) -> LeaseLost:
@@ -130,14 +130,15 @@ class FinishOp:
 
 @dataclass(frozen=True, slots=True)
 class RescheduleOp:
-    """Runs given back to be claimed again at `available_at` (a retry, a sleep, a drain)."""
+    """Runs given back to be claimed again at `available_at` (a retry, a sleep, a drain),
+    each with the step record it may carry (a fresh sleep's), written by the same statement."""
 
     sql: str
     name: str = "reschedule"
 
     def params(self, items: Sequence[RescheduleItem], now: int) -> Sequence[Any]:
-        return (_json([(lease.run_id, lease.token, status, at, attempt, errors)
-                       for lease, at, status, attempt, errors in items]),)
+        return (_json([(lease.run_id, lease.token, status, at, attempt, errors, *_step(step))
+                       for lease, at, status, attempt, errors, step in items]),)
 
     def results(self, items: Sequence[RescheduleItem],
                 rows: list[tuple[Any, ...]]) -> list[LeaseLost | None]:
@@ -148,6 +149,16 @@ class RescheduleOp:
 
     def lease(self, item: RescheduleItem) -> Lease | None:
         return item[0]
+
+
+_NO_STEP = (None,) * 11
+
+
+def _step(s: StepRecord | None) -> tuple[Any, ...]:
+    if s is None:
+        return _NO_STEP
+    return (s.step_id, s.position, s.kind, s.status, s.output_json, s.error_json, s.attempts,
+            s.errors_json, s.started_at, s.ended_at, s.wake_at)
 
 
 def _json(rows: list[tuple[Any, ...]]) -> str:

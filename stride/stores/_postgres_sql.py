@@ -53,13 +53,7 @@ class Statements:
             "woken AS (SELECT pg_notify(%s, '') FROM done WHERE job_id = ANY(%s::text[]) "
             "LIMIT 1) "
             "SELECT id, (SELECT count(*) FROM woken) FROM done")
-        self.reschedule = (
-            f"UPDATE {s}.runs r SET status = u.status, available_at = u.at, rank = u.at, "
-            f"{_LEASE_CLEARED}, attempt = coalesce(u.attempt, r.attempt), "
-            "errors = coalesce(u.errors, r.errors) FROM "
-            + rows("id text", "token text", "status text", "at bigint", "attempt int",
-                   "errors text") +
-            " AS u WHERE r.id = u.id AND r.lease_token = u.token RETURNING r.id")
+        self.reschedule = _reschedule(s)
         self.release = (
             f"UPDATE {s}.runs r SET status = 'queued', available_at = %s, rank = %s, "
             f"{_LEASE_CLEARED} FROM unnest(%s::text[], %s::text[]) AS u(id, token) "
@@ -180,6 +174,32 @@ def _checkpoint(s: str) -> str:
         f"WHERE {s}.steps.status <> 'completed' OR (excluded.status = 'completed' AND "
         f"excluded.output IS NOT DISTINCT FROM {s}.steps.output AND "
         f"excluded.attempts = {s}.steps.attempts) RETURNING run_id, step_id")
+
+
+def _reschedule(s: str) -> str:
+    # A run may carry one step record (a fresh sleep's): it is written by the same statement,
+    # only for the runs whose lease the UPDATE matched, so group commit cannot split the two
+    # and a lost lease writes neither. A completed step is never overwritten (as checkpoint).
+    batch = rows("id text", "token text", "status text", "at bigint", "attempt int",
+                 "errors text", "step_id text", "position int", "kind text",
+                 "step_status text", "output text", "error text", "attempts int",
+                 "step_errors text", "started_at bigint", "ended_at bigint", "wake_at bigint")
+    return (
+        f"WITH u AS {batch}, "
+        f"done AS (UPDATE {s}.runs r SET status = u.status, available_at = u.at, "
+        f"rank = u.at, {_LEASE_CLEARED}, attempt = coalesce(u.attempt, r.attempt), "
+        "errors = coalesce(u.errors, r.errors) FROM u "
+        "WHERE r.id = u.id AND r.lease_token = u.token RETURNING r.id), "
+        f"stepped AS (INSERT INTO {s}.steps (run_id, step_id, position, kind, status, output, "
+        "error, attempts, errors, started_at, ended_at, wake_at) "
+        "SELECT u.id, u.step_id, u.position, u.kind, u.step_status, u.output, u.error, "
+        "u.attempts, u.step_errors, u.started_at, u.ended_at, u.wake_at "
+        "FROM u JOIN done ON done.id = u.id WHERE u.step_id IS NOT NULL "
+        "ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, "
+        "output = excluded.output, error = excluded.error, attempts = excluded.attempts, "
+        "errors = excluded.errors, ended_at = excluded.ended_at, wake_at = excluded.wake_at "
+        f"WHERE {s}.steps.status <> 'completed') "
+        "SELECT id FROM done")
 
 
 def _claim(s: str, *, limited: bool) -> str:

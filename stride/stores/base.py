@@ -278,8 +278,15 @@ class Store(Protocol):
     async def reschedule(
         self, lease: Lease, *, available_at: int, status: RunStatus,
         attempt: int | None = None, errors_json: str | None = None,
+        step: StepRecord | None = None,
     ) -> None:
-        """Give the run back (retry later, sleep) and drop the lease."""
+        """Give the run back (retry later, sleep) and drop the lease.
+
+        `step`: a step record written first, in the same transaction and under the same
+        lease check as `checkpoint` (a fresh sleep's record goes with the run's reschedule
+        instead of costing a commit of its own). Raises `LeaseLost` if the run is no longer
+        ours; then nothing is written, neither the step nor the run.
+        """
         ...
 
     async def finish(

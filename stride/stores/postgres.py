@@ -365,9 +365,10 @@ class PostgresStore:
         await self._write(self._checkpoint_op, (lease, step), patience=self._write_patience)
 
     async def reschedule(self, lease: Lease, *, available_at: int, status: RunStatus,
-                         attempt: int | None = None, errors_json: str | None = None) -> None:
+                         attempt: int | None = None, errors_json: str | None = None,
+                         step: StepRecord | None = None) -> None:
         await self._write(self._reschedule_op, (lease, available_at, status, attempt,
-                                                errors_json), patience=self._write_patience)
+                                                errors_json, step), patience=self._write_patience)
         self._changed.set()
 
     async def finish(self, lease: Lease, *, status: RunStatus, output_json: str | None,

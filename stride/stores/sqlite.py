@@ -230,8 +230,13 @@ class SqliteStore:
         await self._writer.run(lambda conn: _checkpoint(conn, lease, step))
 
     async def reschedule(self, lease: Lease, *, available_at: int, status: RunStatus,
-                         attempt: int | None = None, errors_json: str | None = None) -> None:
+                         attempt: int | None = None, errors_json: str | None = None,
+                         step: StepRecord | None = None) -> None:
         def op(conn: sqlite3.Connection) -> object:
+            if step is not None:  # first: its lease check needs the lease still in place
+                failed = _checkpoint(conn, lease, step)
+                if failed is not None:  # nothing written; the update below would not match
+                    return failed
             cur = conn.execute(
                 "UPDATE runs SET status = ?, available_at = ?, rank = ?, lease_owner = NULL, "
                 "lease_token = NULL, lease_expires_at = NULL, attempt = coalesce(?, attempt), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,7 +38,52 @@ def make_app(url: str, log: list[str]) -> Stride:
             "when", until.isoformat)))
         return "awake"
 
+    @jobs.define_job(id="two-naps", trigger="test/two-naps")
+    async def two_naps(ctx: Context[dict[str, Any]]) -> str:
+        await asyncio.gather(ctx.step.sleep("short", 1), ctx.step.sleep("long", 1.5))
+        return "awake"
+
+    @jobs.define_job(id="nap-or-ping", trigger="test/nap-or-ping")
+    async def nap_or_ping(ctx: Context[dict[str, Any]]) -> str:
+        await asyncio.gather(ctx.step.sleep("nap", 0.5),
+                             ctx.step.wait_for_event("ping", event="test/ping", timeout=60))
+        return "awake"
+
     return jobs
+
+
+async def test_parallel_sleeps_are_all_recorded_when_the_run_suspends(sqlite_url: str) -> None:
+    jobs = make_app(sqlite_url, [])
+    [event_id] = await jobs.dispatch("test/two-naps", {})
+    [run] = await jobs.get_runs(event_id=event_id)
+    async with jobs.worker():
+        await until_sleeping(jobs, run.id)
+        asleep = await jobs.get_run(run.id)
+        # one record went with the reschedule, the other was checkpointed before it
+        assert {(s.id, s.status) for s in asleep.steps} == {("short", "sleeping"),
+                                                            ("long", "sleeping")}
+        done = await jobs.wait_for(run.id, timeout=10)
+    assert done.status == "completed" and done.output == "awake"
+    assert [done.step(s).status for s in ("short", "long")] == ["completed", "completed"]
+    assert done.ended_at is not None and done.ended_at - done.step("long").started_at >= 1500
+    await jobs.aclose()
+
+
+async def test_a_sleep_beside_a_wait_is_recorded_with_the_suspension(sqlite_url: str) -> None:
+    jobs = make_app(sqlite_url, [])
+    [event_id] = await jobs.dispatch("test/nap-or-ping", {})
+    [run] = await jobs.get_runs(event_id=event_id)
+    async with jobs.worker():
+        async def waiting() -> bool:
+            return (await jobs.get_run(run.id)).status == "waiting"
+
+        await eventually(waiting, what="the run to wait")
+        assert (await jobs.get_run(run.id)).step("nap").status == "sleeping"
+        await jobs.dispatch("test/ping", {})
+        done = await jobs.wait_for(run.id, timeout=10)
+    assert done.status == "completed"
+    assert [done.step(s).status for s in ("nap", "ping")] == ["completed", "completed"]
+    await jobs.aclose()
 
 
 async def test_a_sleeping_run_holds_no_worker_and_wakes_when_due(sqlite_url: str) -> None:
