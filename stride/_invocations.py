@@ -21,7 +21,7 @@ import logging
 import time
 
 from stride import _codec
-from stride._waits import INVOKE_FINISHED
+from stride._waits import invoke_finished
 from stride.stores.base import CancelledInvocation, NewEvent, Store
 
 log = logging.getLogger("stride.invocations")
@@ -40,11 +40,10 @@ def finished_event(child: CancelledInvocation, now: int) -> NewEvent:
     """The event a cancelled child's parent waits for: as a finishing child would publish
     it, with status "cancelled" and the cancellation as the error."""
     error = _codec.loads(child.error_json) if child.error_json else None
-    data = {"invocation": child.event_id, "run_id": child.run_id, "job_id": child.job_id,
-            "status": "cancelled",
-            "error": error or {"name": "Cancelled", "message": "the invoked run was cancelled"}}
-    return NewEvent(f"{child.event_id}:finished", INVOKE_FINISHED, _codec.dumps_str(data),
-                    None, now)
+    return invoke_finished(child.event_id, child.run_id, child.job_id, {
+        "status": "cancelled",
+        "error": error or {"name": "Cancelled", "message": "the invoked run was cancelled"}},
+        now)
 
 
 class CancelledChildren:

@@ -186,6 +186,15 @@ def invocation_id(run_id: str, step_id: str) -> str:
     return f"invoke:{run_id}:{digest}"
 
 
+def invoke_finished(invocation: str, run_id: str, job_id: str, result: Mapping[str, Any],
+                    now: int) -> NewEvent:
+    """The event a parent's invoke step waits for: its child's outcome (`result`: status,
+    and output or error). Its id derives from the invocation, so a copy is dropped."""
+    data = {"invocation": invocation, "run_id": run_id, "job_id": job_id, **result}
+    return NewEvent(f"{invocation}:finished", INVOKE_FINISHED, _codec.dumps_str(data), None,
+                    now)
+
+
 def finish_events(app_id: str, job: Job[Any, Any], claimed: ClaimedRun,
                   decision: Decision) -> PublishBatch:
     """Events to publish with the run's finish: the completion of an invoked run, and the
@@ -197,10 +206,8 @@ def finish_events(app_id: str, job: Job[Any, Any], claimed: ClaimedRun,
         result = ({"status": "completed", "output": _codec.loads(decision.output_json)}
                   if isinstance(decision, Completed) else
                   {"status": "failed", "error": _codec.loads(decision.error_json)})
-        data = {"invocation": event.id, "run_id": claimed.lease.run_id, "job_id": job.id,
-                **result}
-        batch.append((NewEvent(f"{event.id}:finished", INVOKE_FINISHED,
-                               _codec.dumps_str(data), None, now), []))
+        batch.append((invoke_finished(event.id, claimed.lease.run_id, job.id, result, now),
+                      []))
     if isinstance(decision, Failed) and job.on_failure is not None:
         run_id = claimed.lease.run_id
         data = {"run_id": run_id, "job_id": job.id, "error": _codec.loads(decision.error_json),

@@ -13,9 +13,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from stride import Stride
 
 T = TypeVar("T")
 POSTGRES_URL = os.environ.get("STRIDE_TEST_POSTGRES_URL",
@@ -68,3 +71,12 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def all_finished(app: Stride, count: int, job_id: str | None = None) -> None:
+    """Wait until `app` has exactly `count` runs (of `job_id`, if given), all finished."""
+    async def done() -> bool:
+        runs = await app.get_runs(job_id=job_id, limit=500)
+        return len(runs) == count and all(run.finished for run in runs)
+
+    await eventually(done, timeout=30, what=f"{count} finished runs")

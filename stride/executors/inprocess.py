@@ -306,8 +306,7 @@ class RunExecution(WorkflowSteps):
     def _handler_failed(self, exc: Exception, started_at: int) -> Decision:
         attempt = self.claimed.attempt + 1
         error = describe_error(exc, attempt=attempt, started_at=started_at, ended_at=_now_ms())
-        previous = _codec.loads(self.claimed.errors_json) or []
-        errors_json = _codec.dumps_str([*previous, error])
+        errors_json = _codec.dumps_str([*loads_errors(self.claimed.errors_json), error])
         if (isinstance(exc, NEVER_RETRIED)
                 or attempt >= self.job.max_attempts):
             return Failed(_codec.dumps_str(error), errors_json)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from stride import Concurrency, Context, Stride
-from tests.conftest import eventually
+from tests.conftest import all_finished, eventually
 
 
 @pytest.fixture
@@ -37,14 +37,6 @@ class Gauge:
         await asyncio.sleep(seconds)
         self.now[key] -= 1
         self.now["*"] -= 1
-
-
-async def all_finished(app: Stride, count: int, job_id: str | None = None) -> None:
-    async def done() -> bool:
-        runs = await app.get_runs(job_id=job_id, limit=500)
-        return len(runs) == count and all(run.finished for run in runs)
-
-    await eventually(done, timeout=30, what=f"{count} finished runs")
 
 
 async def test_a_keyed_limit_holds_per_key_while_keys_run_side_by_side(app: Stride) -> None:

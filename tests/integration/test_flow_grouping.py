@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stride import Batch, Context, Debounce, Priority, RateLimit, Stride
-from tests.conftest import eventually
+from tests.conftest import all_finished
 from tests.integration.test_cli import stride, table_rows
 
 
@@ -19,14 +19,6 @@ async def app(database_url: str) -> AsyncIterator[Stride]:
     app = Stride(app_id="grouping", database_url=database_url)
     yield app
     await app.aclose()
-
-
-async def finished(app: Stride, count: int) -> None:
-    async def done() -> bool:
-        runs = await app.get_runs(limit=200)
-        return len(runs) == count and all(run.finished for run in runs)
-
-    await eventually(done, timeout=30, what=f"{count} finished runs")
 
 
 async def test_debounce_runs_once_with_the_last_event_of_a_burst(app: Stride) -> None:
@@ -43,7 +35,7 @@ async def test_debounce_runs_once_with_the_last_event_of_a_burst(app: Stride) ->
             await app.dispatch("draft/typed", {"doc": "d1", "n": n})
             await asyncio.sleep(0.05)
         await app.dispatch("draft/typed", {"doc": "d2", "n": 100})
-        await finished(app, 6)
+        await all_finished(app, 6)
 
     assert sorted(seen) == [4, 100], "one run per document, with its last event"
     runs = await app.get_runs()
@@ -83,7 +75,7 @@ async def test_batches_hand_the_handler_every_event(app: Stride) -> None:
 
     await app.dispatch_many([("doc/saved", {"n": n}) for n in range(12)])
     async with app.worker(concurrency=5):
-        await finished(app, 3)
+        await all_finished(app, 3)
 
     assert sorted(sizes) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
     assert sorted(run.reason or "" for run in await app.get_runs()) == [
@@ -100,7 +92,7 @@ async def test_batches_are_per_key(app: Stride) -> None:
 
     await app.dispatch_many([("user/event", {"user": f"u{n % 2}"}) for n in range(6)])
     async with app.worker(concurrency=5):
-        await finished(app, 2)
+        await all_finished(app, 2)
 
     assert sorted(batches, key=sorted) == [{"u0"}, {"u1"}]
 
@@ -116,7 +108,7 @@ async def test_priority_runs_urgent_work_first(app: Stride) -> None:
     await app.dispatch_many([("render/requested", {"plan": "free"}) for _ in range(5)])
     await app.dispatch("render/requested", {"plan": "pro"})
     async with app.worker(concurrency=1):
-        await finished(app, 6)
+        await all_finished(app, 6)
 
     assert order[0] == "pro"
 

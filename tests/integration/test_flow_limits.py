@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from stride import Context, RateLimit, Singleton, Stride, Throttle
-from tests.conftest import eventually
+from tests.conftest import all_finished, eventually
 
 
 @pytest.fixture
@@ -19,14 +19,6 @@ async def app(database_url: str) -> AsyncIterator[Stride]:
     app = Stride(app_id="limits", database_url=database_url)
     yield app
     await app.aclose()
-
-
-async def finished(app: Stride, count: int) -> None:
-    async def done() -> bool:
-        runs = await app.get_runs(limit=200)
-        return len(runs) == count and all(run.finished for run in runs)
-
-    await eventually(done, timeout=30, what=f"{count} finished runs")
 
 
 async def test_throttle_spreads_run_starts_and_drops_none(app: Stride) -> None:
@@ -38,7 +30,7 @@ async def test_throttle_spreads_run_starts_and_drops_none(app: Stride) -> None:
     acme = await app.dispatch_many([("api/call", {"account": "acme"}) for _ in range(5)])
     [other] = await app.dispatch("api/call", {"account": "other"})
     async with app.worker(concurrency=10):
-        await finished(app, 6)
+        await all_finished(app, 6)
 
     runs = {run.event_id: run for run in await app.get_runs(limit=10)}
     assert all(run.status == "completed" for run in runs.values())
@@ -66,7 +58,7 @@ async def test_rate_limit_skips_the_excess_and_records_it(app: Stride) -> None:
     [second] = await app.dispatch("company/updated", {"company_id": "c1"})
     await app.dispatch("company/updated", {"company_id": "c2"})
     async with app.worker(concurrency=5):
-        await finished(app, 3)
+        await all_finished(app, 3)
 
     [skipped] = await app.get_runs(event_id=second)
     assert skipped.status == "skipped"
@@ -88,7 +80,7 @@ async def test_idempotency_runs_once_per_key(app: Stride) -> None:
                              ("file/uploaded", {"file_id": "f1"}),
                              ("file/uploaded", {"file_id": "f2"})])
     async with app.worker(concurrency=5):
-        await finished(app, 3)
+        await all_finished(app, 3)
 
     assert sorted(calls) == ["f1", "f2"]
     [skipped] = await app.get_runs(status="skipped")
@@ -108,7 +100,7 @@ async def test_singleton_skip_ignores_events_while_one_run_is_alive(app: Stride)
         await eventually(lambda: _statuses(app, ["running"]), what="the first run running")
         await app.dispatch("index/stale", {"index": "docs"})
         release.set()
-        await finished(app, 2)
+        await all_finished(app, 2)
 
     statuses = sorted(run.status for run in await app.get_runs())
     assert statuses == ["completed", "skipped"]

@@ -94,23 +94,25 @@ async def test_an_invoke_times_out_with_a_step_error(database_url: str) -> None:
     await jobs.aclose()
 
 
-async def child_of(jobs: Stride, status: str) -> str:
-    """The id of the `slow` child run, once it is in `status`."""
-    async def found() -> str | None:
+async def patient_with_a_sleeping_child(jobs: Stride) -> tuple[str, str]:
+    """Start a `patient` run (a worker is running); its id and its `slow` child's, once the
+    child sleeps."""
+    [event_id] = await jobs.dispatch("test/patient", {})
+    [run] = await jobs.get_runs(event_id=event_id)
+
+    async def child() -> str | None:
         children = await jobs.get_runs(job_id="slow")
-        return children[0].id if children and children[0].status == status else None
-    return await eventually(found, timeout=20, what=f"the child run {status}")
+        return children[0].id if children and children[0].status == "sleeping" else None
+    return run.id, await eventually(child, timeout=20, what="the child run sleeping")
 
 
 async def test_a_cancelled_child_fails_the_parents_invoke_with_the_reason(
         database_url: str) -> None:
     jobs = make_app(database_url, [])
-    [event_id] = await jobs.dispatch("test/patient", {})
-    [run] = await jobs.get_runs(event_id=event_id)
     async with jobs.worker():
-        child = await child_of(jobs, "sleeping")
+        run_id, child = await patient_with_a_sleeping_child(jobs)
         assert await jobs.cancel(child, reason="the upload was deleted", by="test")
-        done = await jobs.wait_for(run.id, timeout=20)
+        done = await jobs.wait_for(run_id, timeout=20)
     assert done.status == "completed", done.error
     assert done.output["error"] == "Cancelled"
     assert "the upload was deleted" in done.output["message"]
@@ -121,15 +123,13 @@ async def test_a_cancelled_child_fails_the_parents_invoke_with_the_reason(
 async def test_a_child_cancelled_while_no_worker_ran_is_reported_by_the_next_one(
         database_url: str) -> None:
     jobs = make_app(database_url, [])
-    [event_id] = await jobs.dispatch("test/patient", {})
-    [run] = await jobs.get_runs(event_id=event_id)
     async with jobs.worker():
-        child = await child_of(jobs, "sleeping")
-        await eventually(lambda: _status_is(jobs, run.id, "waiting"), what="parent waiting")
+        run_id, child = await patient_with_a_sleeping_child(jobs)
+        await eventually(lambda: _status_is(jobs, run_id, "waiting"), what="parent waiting")
     assert await jobs.cancel(child, reason="nobody was running", by="test")
 
     async with jobs.worker():
-        done = await jobs.wait_for(run.id, timeout=20)
+        done = await jobs.wait_for(run_id, timeout=20)
     assert done.status == "completed" and done.output["error"] == "Cancelled"
     await jobs.aclose()
 
