@@ -7,11 +7,12 @@ keys' runs are parked, and some keys with parked runs have a free slot (see `_wa
 Then one more keyed claim is recorded statement by statement (on a connection whose
 transaction is rolled back) and each statement is shown with its plan:
 
-- PostgreSQL: EXPLAIN (ANALYZE, BUFFERS) of each statement's generic plan (PREPARE, then
-  EXECUTE with its recorded parameters: the plan the drain runs once psycopg has prepared
-  the statement, whose parameters show as $n), in one transaction (the claim's planner
-  settings first), rolled back; twice: as the drain meets the tables (no statistics yet)
-  and after ANALYZE;
+- PostgreSQL: the claim is one call of the schema's claim_keyed function (migration 0011);
+  auto_explain (loaded in the session: needs a superuser) reports the plan of every
+  statement inside it, with ANALYZE and BUFFERS: the generic plans the function makes
+  (parameters show as $n), then the collection of finished runs' keys that a process runs
+  apart every 2 s; in a transaction rolled back; twice: as the drain meets the tables (no
+  statistics yet) and after ANALYZE;
 - SQLite: EXPLAIN QUERY PLAN of each distinct statement.
 
 After each plan: the indexes it uses and whether it scans a table in full (`SCAN runs`
@@ -27,7 +28,6 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from bench._db import Target, drop_target, make_target
@@ -62,9 +62,8 @@ async def _explain(target: Target, args: argparse.Namespace) -> None:
         for collecting in (False, True):
             _explain_sqlite(target, free, collecting=collecting)
     else:
-        for analyze, collecting in ((False, False), (False, True), (True, False)):
-            await _explain_postgres(target, store, free, analyze=analyze,
-                                    collecting=collecting)
+        for analyze in (False, True):
+            await _explain_postgres(target, store, free, analyze=analyze)
     await app.aclose()
 
 
@@ -142,6 +141,11 @@ def _claim_state(state: Any, collecting: bool) -> Any:
     return state
 
 
+def _collects(collecting: bool) -> str:
+    return (" that also collects finished runs' keys (every 2 s per process)" if collecting
+            else ", as most are (no collection of finished runs' keys)")
+
+
 def _explain_sqlite(target: Target, limit: int, *, collecting: bool) -> None:
     from stride.stores import _sqlite_flow
 
@@ -199,32 +203,17 @@ def _sqlite_summary(lines: list[str]) -> str:
 
 # -- PostgreSQL ---------------------------------------------------------------------------
 
-
-class _PostgresRecorder:
-    """A psycopg connection that records every statement it runs, with its parameters."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.statements: list[tuple[str, Any]] = []
-
-    def pipeline(self) -> Any:
-        return self.conn.pipeline()
-
-    def transaction(self) -> Any:
-        return self.conn.transaction()
-
-    async def execute(self, sql: str, params: Any = None) -> Any:
-        self.statements.append((sql, params))
-        return await self.conn.execute(sql, params)
+AUTO_EXPLAIN = ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
+                "SET auto_explain.log_nested_statements = on",
+                "SET auto_explain.log_level = notice", "SET client_min_messages = notice")
+"""The claim is one call of the schema's claim_keyed function (migration 0011): the plans
+of the statements inside it are reported by auto_explain (a contrib module of PostgreSQL,
+loaded in this session only, which needs a superuser) as notices."""
 
 
-def _collects(collecting: bool) -> str:
-    return (" that also collects finished runs' keys (every 2 s per process)" if collecting
-            else ", as most are (no collection of finished runs' keys)")
-
-
-async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: bool,
-                            collecting: bool) -> None:
+async def _explain_postgres(target: Target, store: Any, limit: int, *,
+                            analyze: bool) -> None:
     import psycopg
 
     from stride._ids import new_id
@@ -234,85 +223,41 @@ async def _explain_postgres(target: Target, store: Any, limit: int, *, analyze: 
         if analyze:
             await conn.execute(f'ANALYZE "{target.schema}".runs, "{target.schema}".run_keys')
             await conn.commit()
+        notices: list[str] = []
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        for setting in AUTO_EXPLAIN:
+            await conn.execute(setting)
+        await conn.commit()
         params = flow.ClaimParams(
             app_id=APP_ID, worker_id="w0", token=new_id(), now=time.time_ns() // 1_000_000,
-            lease_ms=LEASE_MS, limit=limit, job_ids=[JOB], limits={},
-            state=_claim_state(flow.ClaimState(), collecting))
-        recorder = _PostgresRecorder(conn)
+            lease_ms=LEASE_MS, limit=limit, job_ids=[JOB], limits={}, state=flow.ClaimState())
         async with conn.transaction(force_rollback=True):  # record the claim, then undo it
             started = time.perf_counter()
-            taken = await flow.claim_keyed(recorder, store.flow_sql,  # type: ignore[arg-type]
-                                           store.sql.lock_jobs, params)
+            taken = await flow.claim_keyed(conn, store.flow_sql, params)
             took = time.perf_counter() - started
-        names = _statement_names(store.flow_sql)
-        print(f"PostgreSQL keyed claim{_collects(collecting)}, "
+            await conn.execute(store.flow_sql.collect,
+                               (time.time_ns() // 1_000_000 - 60_000, APP_ID))
+        print(f"PostgreSQL keyed claim, "
               f"{'after ANALYZE' if analyze else 'no statistics (as in the drain)'}: "
-              f"{len(taken)} runs leased in {took * 1000:.1f} ms (pipelined; rolled back)\n")
-        async with conn.transaction(force_rollback=True):
-            for sql, sql_params in recorder.statements:
-                if sql == flow.INDEX_DRIVEN:
-                    await conn.execute(sql)
-                    print(f"-- {names(sql)} (transaction-local planner settings)\n")
-                    continue
-                await _explain_one(conn, names(sql), sql, sql_params)
-        apply_params = next(params for sql, params in recorder.statements
-                            if sql == store.flow_sql.apply)
-        backlog = (await (await conn.execute(
-            f'SELECT k.ckey FROM "{target.schema}".run_keys k JOIN "{target.schema}".runs r '
-            "ON r.id = k.run_id WHERE r.status = 'queued' AND k.parked_on IS NULL "
-            "LIMIT 1")).fetchall())
-        if not apply_params["backlog_keys"] and not analyze and backlog:
-            # no key had a backlog in this claim: the apply again with one, to show the bulk
-            # park (a scan of the next 1,000 due runs for that key's runs)
-            forced = {**apply_params, "backlog_keys": [backlog[0][0]],
-                      "backlog_reasons": ["concurrency: (explain)"]}
-            async with conn.transaction(force_rollback=True):
-                await conn.execute(flow.INDEX_DRIVEN)
-                await _explain_one(conn, "apply, the same parameters plus one key with a "
-                                   "backlog (bulk park)", store.flow_sql.apply, forced)
+              f"{len(taken)} runs leased in {took * 1000:.1f} ms, auto_explain on "
+              "(rolled back)\n")
+        for notice in notices:
+            query, plan = _split_plan(notice)
+            if plan:
+                print(f"-- {query}\n" + "\n".join(plan))
+                print(_postgres_summary(plan) + "\n")
 
 
-async def _explain_one(conn: Any, name: str, sql: str, params: Any) -> None:
-    from psycopg import sql as pgsql
-
-    text, values = _numbered(sql, params)
-    await conn.execute(f"PREPARE keyed_explain AS {text}")
-    cur = await conn.execute(pgsql.SQL("EXPLAIN (ANALYZE, BUFFERS) EXECUTE keyed_explain({})")
-                             .format(pgsql.SQL(", ").join(map(pgsql.Literal, values))))
-    lines = [row[0] for row in await cur.fetchall()]
-    await conn.execute("DEALLOCATE keyed_explain")
-    print(f"-- {name}\n" + "\n".join(lines))
-    print(_postgres_summary(lines) + "\n")
+_PLAN_ROOT = re.compile(r"^\S.*  \(cost=")
 
 
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
-
-
-def _numbered(sql: str, params: Any) -> tuple[str, list[Any]]:
-    """The statement with $1, $2, ... for psycopg's placeholders, and their values in order."""
-    values: list[Any] = []
-    numbers: dict[str, int] = {}
-    positional = iter(() if isinstance(params, dict) else params or ())
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            values.append(next(positional))
-            return f"${len(values)}"
-        if name not in numbers:
-            values.append(params[name])
-            numbers[name] = len(values)
-        return f"${numbers[name]}"
-
-    return _PLACEHOLDER.sub(number, sql), values
-
-
-def _statement_names(sql: Any) -> Callable[[str], str]:
-    from stride.stores import _postgres_flow as flow
-
-    known = {flow.INDEX_DRIVEN: "settings", sql.candidates: "candidates",
-             sql.running: "running", sql.apply: "apply"}
-    return lambda statement: known.get(statement, "other")
+def _split_plan(notice: str) -> tuple[str, list[str]]:
+    """An auto_explain notice: its statement's first words, and its plan's lines (from
+    the root node, the first unindented line with a cost)."""
+    lines = notice.split("Query Text:", 1)[-1].splitlines()
+    root = next((n for n, line in enumerate(lines) if _PLAN_ROOT.match(line)), len(lines))
+    words = " ".join(lines[:root]).split()
+    return " ".join(words[:16])[:130], [line for line in lines[root:] if line.strip()]
 
 
 def _postgres_summary(lines: list[str]) -> str:

@@ -88,6 +88,20 @@ class RunFlow:
     batch: Batched | None = None
 
 
+def is_stateless(flow: RunFlow) -> bool:
+    """Concurrency keys and priority only: a run inserted as it comes (its keys beside it,
+    its rank moved by the priority), with no limiter state to read or write."""
+    return (flow.rate_limit is None and flow.idempotency is None and flow.singleton is None
+            and flow.debounce is None and flow.batch is None and flow.throttle is None)
+
+
+def run_keys_row(run_id: str, flow: RunFlow) -> tuple[str, str, int, str | None, int | None]:
+    """A keyed run's run_keys row: (run id, key, limit, second key, its limit)."""
+    (ckey, clim), *rest = flow.concurrency
+    ckey2, clim2 = rest[0] if rest else (None, None)
+    return run_id, ckey, clim, ckey2, clim2
+
+
 @dataclass(frozen=True, slots=True)
 class FlowState:
     """One limiter's stored state. `at`: throttle/rate limit: tat (epoch µs); idempotency:
@@ -217,11 +231,10 @@ class _Planner:
     def decide(self, run: NewRun) -> None:
         flow = run.flow
         assert flow is not None
-        if (flow.rate_limit is None and flow.idempotency is None and flow.singleton is None
-                and flow.debounce is None and flow.batch is None and flow.throttle is None):
-            # concurrency keys or priority only: no state to read or write, and no state can
-            # point at the run (so it needs no PendingRun): a plain insert (a keyed publish
-            # of 20,000 runs spent 0.1 s in the option checks below)
+        if is_stateless(flow):
+            # no state to read or write, and no state can point at the run (so it needs no
+            # PendingRun): a plain insert (a keyed publish of 20,000 runs spent 0.1 s in
+            # the option checks below)
             self._insert_row(run, flow, run.available_at, None)
             return
         skipped = (self._rate_limited(run, flow) or self._duplicate(run, flow)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from stride._flow_decide import run_keys_row
 from stride.errors import LeaseLost
 from stride.stores._postgres_waits import extras_json, parse_checks
 from stride.stores.base import Lease, NewEvent, NewRun, PublishResult, RunStatus, StepRecord
@@ -31,7 +32,9 @@ def lease_lost(lease: Lease) -> LeaseLost:
 class PublishOp:
     """Events and their runs. An event id seen before (stored, or earlier in this same
     batch) is a duplicate, dropped with its runs. Rows go in id order, so two concurrent
-    publishes of overlapping ids lock them in the same order and cannot deadlock."""
+    publishes of overlapping ids lock them in the same order and cannot deadlock. Runs
+    with flow control come here only with concurrency keys and priority (stateless: see
+    `PostgresStore.publish`), their keys beside them."""
 
     sql: str
     channel: str
@@ -43,10 +46,14 @@ class PublishOp:
             for event, runs in batch:
                 events.setdefault(event.id, (event, runs))
         ordered = [events[key] for key in sorted(events)]
+        runs = [run for _, event_runs in ordered for run in event_runs]
         return (_json([(e.id, e.name, e.data_json, e.user_json, e.ts) for e, _ in ordered]),
-                now, now, _json([(r.id, r.app_id, r.job_id, r.event_id, r.available_at)
-                                 for _, runs in ordered for r in runs]), self.channel,
-                extras_json(ordered, now), now)
+                now, now, _json([(r.id, r.app_id, r.job_id, r.event_id, r.available_at,
+                                  r.available_at - (r.flow.priority_ms if r.flow else 0))
+                                 for r in runs]),
+                _json([run_keys_row(r.id, r.flow) for r in runs
+                       if r.flow is not None and r.flow.concurrency]),
+                self.channel, extras_json(ordered, now), now)
 
     def results(self, items: Sequence[PublishItem],
                 rows: list[tuple[Any, ...]]) -> list[PublishResult]:

@@ -127,11 +127,14 @@ class Statements:
 
 def _publish(s: str) -> str:
     # Events that already exist are skipped (ON CONFLICT DO NOTHING) and only the runs of
-    # the events this statement inserted are created: dedupe and insert in one round trip.
+    # the events this statement inserted are created (with the concurrency keys of keyed
+    # runs): dedupe and insert in one round trip.
     # It notifies the workers itself (at commit: NOTIFY is transactional), so it is one
     # statement also on the application's connection (transactional dispatch).
     events = rows("id text", "name text", "data text", "usr text", "ts bigint")
-    runs = rows("id text", "app_id text", "job_id text", "event_id text", "at bigint")
+    runs = rows("id text", "app_id text", "job_id text", "event_id text", "at bigint",
+                "rank bigint")
+    keys = rows("id text", "ckey text", "clim int", "ckey2 text", "clim2 int")
     # The stored events then go to publish_waits (migration 0005), which stores the new
     # runs' cancel-on conditions and timeouts and completes the waits the events match,
     # after taking its locks in a statement of its own (no lost wake-up).
@@ -142,8 +145,11 @@ def _publish(s: str) -> str:
         "ON CONFLICT (id) DO NOTHING RETURNING id), "
         f"created AS (INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, "
         "available_at, rank, created_at) SELECT r.id, r.app_id, r.job_id, r.event_id, "
-        f"'queued', r.at, r.at, %s FROM {runs} AS r "
-        "WHERE r.event_id IN (SELECT id FROM fresh) RETURNING 1), "
+        f"'queued', r.at, r.rank, %s FROM {runs} AS r "
+        "WHERE r.event_id IN (SELECT id FROM fresh) RETURNING id), "
+        f"keyed AS (INSERT INTO {s}.run_keys (run_id, ckey, clim, ckey2, clim2) "
+        f"SELECT k.id, k.ckey, k.clim, k.ckey2, k.clim2 FROM {keys} AS k "
+        "WHERE k.id IN (SELECT id FROM created)), "
         "woken AS (SELECT pg_notify(%s, '') FROM fresh LIMIT 1), "
         f"matched AS (SELECT {s}.publish_waits((SELECT jsonb_agg(jsonb_build_array("
         "b.id, b.name, b.data, b.usr, b.ts)) FROM batch b JOIN fresh f ON f.id = b.id), "

@@ -33,8 +33,9 @@ import psycopg_pool
 
 from stride._audit import AuditRecord
 from stride._failures import LOST_MESSAGE, WORKER_LOST
+from stride._flow_decide import is_stateless
 from stride._ids import new_id
-from stride.errors import ConfigurationError, StoreUnavailable
+from stride.errors import ConfigurationError, StoreError, StoreUnavailable
 from stride.flow import MAX_PRIORITY_SECONDS
 from stride.stores import _postgres_waits as _pg_waits
 from stride.stores._postgres_conn import (
@@ -149,6 +150,7 @@ class PostgresStore:
         self._publish_op = PublishOp(self.sql.publish, self.schema)
         self.flow_sql = FlowStatements(self.schema)
         self._flow_state = ClaimState()
+        self._collecting: asyncio.Task[None] | None = None
         self._checkpoint_op = CheckpointOp(self.sql.checkpoint)
         self._limited_jobs: set[str] = set()
         self._finish_op = FinishOp(self.sql.finish, self.schema, self._limited_jobs)
@@ -203,6 +205,8 @@ class PostgresStore:
     async def close(self) -> None:
         if self._pool is None:
             return
+        if self._collecting is not None:
+            await self._collecting
         pool, self._pool = self._pool, None
         if self._writer is not None:
             await self._writer.close()
@@ -255,7 +259,8 @@ class PostgresStore:
                       dedupe_ms: int, conn: Any = None) -> PublishResult:
         # Event ids are remembered until pruned, which keeps them at least `dedupe_ms`
         # (the pruner's cutoff must not be shorter than the dedupe window).
-        if any(run.flow is not None for _, runs in batch for run in runs):
+        if any(run.flow is not None and not is_stateless(run.flow)
+               for _, runs in batch for run in runs):
             return await self._publish_flow(batch, conn)
         if conn is not None:
             return await self._publish_in(conn, batch)
@@ -337,12 +342,28 @@ class PostgresStore:
         self._limited_jobs.update(job for job in job_ids if job in keyed or job in concurrency)
         try:
             rows = await self._with_conn(
-                lambda conn: claim_keyed(conn, self.flow_sql, self.sql.lock_jobs, params),
+                lambda conn: claim_keyed(conn, self.flow_sql, params),
                 retry=False)
         except StoreUnavailable:
             self._orphans.add_claim(params.token)
             raise
+        since = self._flow_state.collect_since() if self._collecting is None else None
+        if since is not None:
+            self._collecting = asyncio.create_task(self._collect_keys(app_id, since))
         return [_claimed(row, params.token) for row in rows]
+
+    async def _collect_keys(self, app_id: str, since: int) -> None:
+        """Delete the run_keys rows of the app's runs that finished since `since` (ms), on a
+        connection of its own: 10-20 ms every 2 s under load, on no claim's critical path."""
+        try:
+            await self._with_conn(lambda conn: conn.execute(self.flow_sql.collect,
+                                                            (since, app_id)))
+        except StoreError as exc:
+            log.warning("could not delete the concurrency keys of finished runs (%s); the "
+                        "next collection takes them", exc)
+            self._flow_state.collect_failed()
+        finally:
+            self._collecting = None
 
     async def _claim_on(self, conn: psycopg.AsyncConnection[Any],
                         params: dict[str, Any]) -> list[tuple[Any, ...]]:
