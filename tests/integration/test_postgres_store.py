@@ -245,3 +245,76 @@ async def test_only_claims_of_a_limited_job_wait_for_its_advisory_lock(postgres_
         assert [c.job_id for c in await asyncio.wait_for(blocked, 2)] == ["limited"]
     finally:
         await store.close()
+
+
+# -- keyed claims (migration 0011) -----------------------------------------------------------
+
+
+async def publish_keyed(store: PostgresStore, keys: list[str]) -> list[str]:
+    """One run of job "keyed" per key (limit 1 each), oldest first; their ids."""
+    from stride._flow_decide import RunFlow
+    from stride._ids import new_id
+    from stride.stores.base import NewEvent, NewRun
+
+    now = int(time.time() * 1000) - 1000
+    batch, ids = [], []
+    for offset, key in enumerate(keys):
+        event = NewEvent(new_id(), "test/keyed", "{}", None, now)
+        ids.append(new_id())
+        batch.append((event, [NewRun(ids[-1], "app", "keyed", event.id, now + offset,
+                                     flow=RunFlow(concurrency=((key, 1),)))]))
+    await store.publish(batch, dedupe_ms=0)
+    return ids
+
+
+async def claim_keyed(store: PostgresStore) -> list[str]:
+    claimed = await asyncio.wait_for(store.claim(
+        worker_id="w", app_id="app", job_ids=["keyed"], limit=10, lease_ms=10_000,
+        concurrency={}, keyed={"keyed"}), timeout=2)
+    return [run.lease.run_id for run in claimed]
+
+
+async def test_a_keyed_claim_leaves_a_key_another_claimer_is_deciding_on(
+        postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        busy, free = await publish_keyed(store, ["busy", "free"])
+        async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as other:
+            # another worker's claim holds the key's lock until it commits
+            await other.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))",
+                                (f"{store.schema}/flow", "busy"))
+
+            assert await claim_keyed(store) == [free], "no waiting, and no run of 'busy'"
+            await other.rollback()
+
+        assert await claim_keyed(store) == [busy]
+    finally:
+        await store.close()
+
+
+async def test_the_keys_of_finished_runs_are_deleted_apart_from_the_claims(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stride.stores import _postgres_flow
+
+    monkeypatch.setattr(_postgres_flow, "COLLECT_SECONDS", 0.0)  # at every claim
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        first, second = await publish_keyed(store, ["k", "k"])
+        [lease] = [run.lease for run in await store.claim(
+            worker_id="w", app_id="app", job_ids=["keyed"], limit=10, lease_ms=10_000,
+            concurrency={}, keyed={"keyed"})]
+        await store.finish(lease, status="completed", output_json="null", error_json=None)
+
+        assert await claim_keyed(store) == [second], "the finished run freed the key"
+
+        async def keys_left() -> set[str] | None:
+            with psycopg.connect(POSTGRES_URL) as conn:
+                left = {row[0] for row in conn.execute(
+                    f'SELECT run_id FROM "{store.schema}".run_keys')}
+            return left if first not in left else None
+
+        assert await eventually(keys_left, what="the finished run's keys deleted") == {second}
+    finally:
+        await store.close()
