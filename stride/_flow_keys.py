@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -42,37 +42,61 @@ def is_keyed(flow: FlowControl) -> bool:
     return any(limit.key is not None or limit.scope == "account" for limit in flow.concurrency)
 
 
-def key_value(expression: Expression | None, event: Mapping[str, Any]) -> str:
-    """An expression's value as a key: strings as they are, other values as JSON."""
+KeyReader = Callable[[Mapping[str, Any]], str]
+"""An option's key expression made ready for events: the event (as a dict) to its key."""
+
+
+def key_reader(expression: Expression | None) -> KeyReader:
+    """How to read one option's key off an event, decided once per job, not per event.
+
+    The value is the key: strings as they are, other values as JSON. A plain path
+    (`event.data.user_id`) is looked up in the event's dicts, which gives what CEL gives
+    (a missing field is an error either way) at a fraction of the cost: the CEL binding
+    converts the whole event on every call (~90 us against ~1 us).
+    """
     if expression is None:
-        return ""
+        return _no_key
     path = _plain_path(expression.source)
+    if path is None:
+        return functools.partial(_evaluated_key, expression)
+    return functools.partial(_path_key, path)
+
+
+def key_value(expression: Expression | None, event: Mapping[str, Any]) -> str:
+    """An expression's value for one event as a key (see `key_reader`)."""
+    return key_reader(expression)(event)
+
+
+def _no_key(event: Mapping[str, Any]) -> str:
+    return ""
+
+
+def _evaluated_key(expression: Expression, event: Mapping[str, Any]) -> str:
     try:
-        value = _lookup(event, path) if path else expression.evaluate(event=event)
-    except (ExpressionError, KeyError, TypeError):
+        return _as_key(expression.evaluate(event=event))
+    except ExpressionError:
         return ""
+
+
+def _path_key(path: tuple[str, ...], event: Mapping[str, Any]) -> str:
+    value: Any = event
+    try:
+        for part in path:
+            value = value[part]
+    except (KeyError, TypeError, IndexError):  # a missing field; a path through a scalar
+        return ""
+    return _as_key(value)
+
+
+def _as_key(value: Any) -> str:
     return value if isinstance(value, str) else _codec.dumps_str(value)
 
 
 @functools.lru_cache(maxsize=256)
 def _plain_path(source: str) -> tuple[str, ...] | None:
-    """`event.data.user_id` as ("data", "user_id"); None for anything but a plain path.
-
-    Most keys are plain paths, and looking them up in the event's dicts gives what CEL
-    gives (a missing field is an error either way) at a fraction of the cost: the CEL
-    binding converts the whole event on every call (~90 us against ~1 us).
-    """
+    """`event.data.user_id` as ("data", "user_id"); None for anything but a plain path."""
     match = _PATH.fullmatch(source.strip())
     return tuple(match.group(1)[1:].split(".")) if match else None
-
-
-def _lookup(event: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = event
-    for part in path:
-        if not isinstance(value, Mapping):
-            raise TypeError(part)
-        value = value[part]
-    return value
 
 
 def concurrency_key(app_id: str, job_id: str, index: int, limit: Concurrency, value: str) -> str:
@@ -93,23 +117,40 @@ def describe_period(period_ms: int) -> str:
 
 
 class FlowKeys:
-    """Evaluates one job's flow-control options against events."""
+    """Evaluates one job's flow-control options against events.
 
-    __slots__ = ("_app_id", "_flow", "_job_id")
+    Everything that does not depend on the event (which options are set, each key's
+    prefix and reader, the limiters' rates and labels) is worked out once, when the job
+    is registered: a dispatch of many events pays per event only for reading its keys.
+    """
+
+    __slots__ = ("_concurrency", "_flow", "_keys_only", "_rate_limit", "_throttle")
 
     def __init__(self, job: Job[Any, Any], app_id: str) -> None:
-        self._job_id = job.id
-        self._app_id = app_id
-        self._flow = job.flow
+        flow = job.flow
+        self._flow = flow
+        self._concurrency = tuple(
+            (concurrency_key(app_id, job.id, index, limit, ""),  # the key's value goes last
+             key_reader(limit.compiled_key) if limit.key is not None else None, limit.limit)
+            for index, limit in enumerate(flow.concurrency)) if is_keyed(flow) else ()
+        self._keys_only = not any(option is not None for option in (
+            flow.priority, flow.throttle, flow.rate_limit, flow.idempotency, flow.singleton,
+            flow.debounce, flow.batch_events))
+        self._throttle = _limiter(flow.throttle)
+        self._rate_limit = _limiter(flow.rate_limit)
 
     def run_flow(self, event: Mapping[str, Any]) -> RunFlow:
+        concurrency = tuple((prefix + read(event) if read is not None else prefix, limit)
+                            for prefix, read, limit in self._concurrency)
+        if self._keys_only:
+            return RunFlow(concurrency)
         flow = self._flow
         return RunFlow(
-            concurrency=self._concurrency(event),
+            concurrency=concurrency,
             priority_ms=(clamp_priority_ms(_value(flow.priority.compiled, event),
                                            MAX_PRIORITY_SECONDS) if flow.priority else 0),
-            throttle=_throttle(flow.throttle, event) if flow.throttle else None,
-            rate_limit=_rate_limit(flow.rate_limit, event) if flow.rate_limit else None,
+            throttle=self._throttle(event) if self._throttle else None,
+            rate_limit=self._rate_limit(event) if self._rate_limit else None,
             idempotency=(Idempotent(key_value(flow.idempotency, event), IDEMPOTENCY_WINDOW_MS)
                          if flow.idempotency is not None else None),
             singleton=(Unique(key_value(flow.singleton.compiled_key, event), flow.singleton.mode)
@@ -121,25 +162,17 @@ class FlowKeys:
                            flow.batch_events.max_size, flow.batch_events.timeout_ms)
                    if flow.batch_events else None))
 
-    def _concurrency(self, event: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
-        if not is_keyed(self._flow):
-            return ()
-        return tuple(
-            (concurrency_key(self._app_id, self._job_id, index, limit,
-                             key_value(limit.compiled_key, event)), limit.limit)
-            for index, limit in enumerate(self._flow.concurrency))
 
-
-def _throttle(option: Throttle, event: Mapping[str, Any]) -> KeyedRate:
-    rate = Rate.of(limit=option.limit, period_ms=option.period_ms, extra=option.burst)
-    return KeyedRate(key_value(option.compiled_key, event), rate,
-                     _label(option.limit, option.period_ms, option.burst))
-
-
-def _rate_limit(option: RateLimit, event: Mapping[str, Any]) -> KeyedRate:
-    rate = Rate.of(limit=option.limit, period_ms=option.period_ms)
-    return KeyedRate(key_value(option.compiled_key, event), rate,
-                     _label(option.limit, option.period_ms, 0))
+def _limiter(option: Throttle | RateLimit | None,
+             ) -> Callable[[Mapping[str, Any]], KeyedRate] | None:
+    """A throttle's or rate limit's `KeyedRate` for an event: its rate and label made once."""
+    if option is None:
+        return None
+    burst = option.burst if isinstance(option, Throttle) else 0
+    rate = Rate.of(limit=option.limit, period_ms=option.period_ms, extra=burst)
+    label = _label(option.limit, option.period_ms, burst)
+    read = key_reader(option.compiled_key)
+    return lambda event: KeyedRate(read(event), rate, label)
 
 
 def _value(expression: Expression | None, event: Mapping[str, Any]) -> Any:

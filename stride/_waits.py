@@ -37,6 +37,7 @@ from stride.stores.base import (
 )
 
 if TYPE_CHECKING:
+    from stride._flow_decide import RunFlow
     from stride.jobs import EventTrigger
 
 NEVER = 253_402_300_799_000
@@ -104,11 +105,11 @@ def cancelled_by(event_id: str, event_name: str, now: int) -> str:
 # -- what runs carry when they are created -------------------------------------------------
 
 def new_run(app_id: str, job: Job[Any, Any], event_id: str, trigger: Mapping[str, Any],
-            now: int, run_id: str) -> NewRun:
+            now: int, run_id: str, *, flow: RunFlow | None = None) -> NewRun:
     """A run of `job` for the event `trigger` (as a dict), with its cancel-on conditions and
     timeouts, so that every way of creating runs stores them alike."""
     timeouts = job.timeouts
-    return NewRun(run_id, app_id, job.id, event_id, now,
+    return NewRun(run_id, app_id, job.id, event_id, now, flow,
                   cancel_on=cancel_conditions(job.cancel_on, trigger),
                   start_timeout_ms=timeouts.start_ms if timeouts else None,
                   finish_timeout_ms=timeouts.finish_ms if timeouts else None)

@@ -9,7 +9,6 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
@@ -19,6 +18,7 @@ from typing_extensions import Unpack
 
 from stride import _audit, _codec
 from stride._audit import AuditRecord
+from stride._flow_decide import RunFlow
 from stride._flow_keys import FlowKeys, has_flow
 from stride._ids import new_id
 from stride._waits import (
@@ -358,20 +358,22 @@ class Stride:
         new_event = NewEvent(event_id, name, _codec.dumps_str(data), _codec.dumps_str(user)
                              if user is not None else None, now)
         routes = self._routes.get(name, ())
+        seen = {"id": event_id, "name": name, "data": data, "user": user, "ts": now}
         if any(trigger.condition is not None for _, trigger in routes):
-            seen = {"id": event_id, "name": name, "data": data, "user": user, "ts": now}
             routes = [(job, trigger) for job, trigger in routes if trigger.matches(seen)]
-        runs = [self._new_run(job, event_id, data, user, now) for job, _ in routes]
-        if self._flows and any(run.job_id in self._flows for run in runs):
-            runs = self._with_flow(runs, {"id": event_id, "name": name, "data": data,
-                                          "user": user, "ts": now})
+        flows = self._flows
+        runs = [self._new_run(job, event_id, data, user, now,
+                              flows[job.id].run_flow(seen) if job.id in flows else None)
+                for job, _ in routes]
         return new_event, runs
 
     def _new_run(self, job: Job[Any, Any], event_id: str, data: Any, user: Any,
-                 now: int) -> NewRun:
+                 now: int, flow: RunFlow | None) -> NewRun:
+        """A run of `job` for the event, with its flow control's keys evaluated (`flow`)."""
         if not job.cancel_on and job.timeouts is None:
-            return NewRun(new_id(), self.app_id, job.id, event_id, now)
-        return new_run(self.app_id, job, event_id, {"data": data, "user": user}, now, new_id())
+            return NewRun(new_id(), self.app_id, job.id, event_id, now, flow)
+        return new_run(self.app_id, job, event_id, {"data": data, "user": user}, now, new_id(),
+                       flow=flow)
 
     def _child_run(self, job: Job[Any, Any] | str, data: Any, *, event_id: str,
                    user: dict[str, Any] | None) -> tuple[NewEvent, list[NewRun]]:
@@ -396,11 +398,6 @@ class Stride:
                          _codec.dumps_str(user) if user is not None else None, now)
         return event, [new_run(self.app_id, target, event_id, {"data": payload, "user": user},
                                now, new_id())]
-
-    def _with_flow(self, runs: list[NewRun], event: dict[str, Any]) -> list[NewRun]:
-        """Attach each job's flow control, its keys evaluated against the event."""
-        return [replace(run, flow=self._flows[run.job_id].run_flow(event))
-                if run.job_id in self._flows else run for run in runs]
 
     def _validate_data(self, name: str, data: Any) -> dict[str, Any]:
         event_type = self._event_types.get(name)
