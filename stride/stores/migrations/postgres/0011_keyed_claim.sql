@@ -166,6 +166,8 @@ DECLARE
     fetch_n integer;
     due_n integer;
     leased_at bigint;
+    locked_set jsonb;  -- the keys this pass locked, as an object (key: true)
+    held_map jsonb;  -- leased runs per locked key
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     -- the plain claim's job locks, in the same (name) order: job-wide limits hold for both
@@ -218,17 +220,19 @@ BEGIN
         lockable AS (SELECT DISTINCT x.key COLLATE "C" AS key FROM (SELECT ckey FROM cand UNION ALL
                                                  SELECT ckey2 FROM cand UNION ALL
                                                  SELECT key FROM freed) AS x(key)
-                     WHERE x.key IS NOT NULL)
+                     WHERE x.key IS NOT NULL),
+        locked_now AS (SELECT key FROM lockable
+                       WHERE pg_try_advisory_xact_lock(lock_space, hashtext(key)))
         SELECT (SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM scanned),
-               (SELECT coalesce(array_agg(key), '{}') FROM lockable
-                WHERE pg_try_advisory_xact_lock(lock_space, hashtext(key))),
+               (SELECT coalesce(array_agg(key), '{}') FROM locked_now),
+               (SELECT coalesce(jsonb_object_agg(key, true), '{}') FROM locked_now),
                coalesce(array_agg(c.id), '{}'), coalesce(array_agg(c.job_id), '{}'),
                coalesce(array_agg(c.started_at), '{}'), coalesce(array_agg(c.rank), '{}'),
                coalesce(array_agg(c.ckey), '{}'), coalesce(array_agg(c.clim), '{}'),
                coalesce(array_agg(c.ckey2), '{}'), coalesce(array_agg(c.clim2), '{}'),
                coalesce(array_agg(c.id) FILTER (WHERE c.head), '{}'),
                count(*) FILTER (WHERE NOT c.head), coalesce(bool_or(c.ckey2 IS NOT NULL), false)
-        INTO scanned, locked, c_ids, c_jobs, c_started, c_ranks, c_keys, c_lims, c_keys2,
+        INTO scanned, locked, locked_set, c_ids, c_jobs, c_started, c_ranks, c_keys, c_lims, c_keys2,
              c_lims2, heads, due_n, two_keys
         FROM cand c;
         IF pass = 1 AND cardinality(scanned) >= scan_keys THEN
@@ -238,46 +242,45 @@ BEGIN
         -- 2. the decision, on counts read after those locks
         held_job := false;
         IF cardinality(p_limited) = 0 AND NOT two_keys THEN
+            -- the leased runs of the locked keys (few, by their partial index), as a jsonb
+            -- object, as `locked_set`: a candidate's key is a binary search in each
+            SELECT coalesce(jsonb_object_agg(h.key, h.n), '{}') INTO held_map
+            FROM (SELECT v.key, count(*) AS n FROM runs r
+                  JOIN run_keys k ON k.run_id = r.id
+                  CROSS JOIN LATERAL (VALUES (k.ckey COLLATE "C"), (k.ckey2)) AS v(key)
+                  WHERE r.status = 'running' AND locked_set ? v.key GROUP BY v.key) AS h;
+            -- a candidate is ok if it is among the first (limit - leased) of its key in rank
+            -- order; taken if also among the first `want` ok ones. The aggregates read the
+            -- rows of one query in one order, so the parked arrays stay aligned.
             WITH cand AS (
                 SELECT * FROM unnest(c_ids, c_ranks, c_started, c_keys, c_lims)
-                AS c(id, rank, started_at, key, lim)),
-            slots AS (  -- per key: its leased runs (few, by their partial index), whether this
-                        -- claim locked it, and its candidates ("C": no locale in the sorts)
-                SELECT h.key, h.n AS held, false AS mine, NULL::text AS id, NULL::bigint AS rank,
-                       NULL::integer AS lim, NULL::bigint AS started_at
-                FROM (SELECT v.key, count(*)::integer AS n FROM runs r
-                      JOIN run_keys k ON k.run_id = r.id
-                      CROSS JOIN LATERAL (VALUES (k.ckey COLLATE "C"), (k.ckey2)) AS v(key)
-                      WHERE r.status = 'running' AND v.key IS NOT NULL GROUP BY v.key) AS h
-                UNION ALL
-                SELECT l.key, 0, true, NULL, NULL, NULL, NULL FROM unnest(locked) AS l(key)
-                UNION ALL
-                SELECT c.key, 0, false, c.id, c.rank, c.lim, c.started_at FROM cand c),
+                AS c(id, rank, started_at, key, lim)
+                WHERE c.key IS NULL OR locked_set ? c.key),
             counted AS (
-                SELECT s.*, sum(s.held) OVER k AS leased, bool_or(s.mine) OVER k AS locked,
-                       count(s.id) OVER (k ORDER BY s.rank, s.id ROWS UNBOUNDED PRECEDING) AS nth
-                FROM slots s WINDOW k AS (PARTITION BY s.key COLLATE "C")),
+                SELECT c.*, row_number() OVER (PARTITION BY c.key COLLATE "C"
+                                               ORDER BY c.rank, c.id) AS nth
+                FROM cand c),
             decided AS (
                 SELECT n.id, n.key, n.lim, n.rank, n.started_at, n.id = ANY(heads) AS head,
-                       (n.key IS NULL OR n.nth <= n.lim - n.leased) AS ok
-                FROM counted n WHERE n.id IS NOT NULL AND (n.key IS NULL OR n.locked)),
+                       (n.key IS NULL OR n.nth <= n.lim - coalesce((held_map ->> n.key)::integer,
+                                                                   0)) AS ok
+                FROM counted n),
             ordered AS (
                 SELECT d.*, sum(d.ok::integer) OVER (ORDER BY d.rank, d.id
                                                      ROWS UNBOUNDED PRECEDING) AS n_ok
                 FROM decided d)
-            SELECT coalesce(array_agg(o.id ORDER BY o.rank, o.id)
-                                FILTER (WHERE o.ok AND o.n_ok <= want), '{}'),
+            SELECT coalesce(array_agg(o.id) FILTER (WHERE o.ok AND o.n_ok <= want), '{}'),
                    coalesce(array_agg(o.id) FILTER (WHERE o.ok AND o.n_ok <= want
                                                     AND o.started_at IS NOT NULL), '{}'),
                    coalesce(array_agg(o.id) FILTER (WHERE NOT o.ok AND o.head), '{}'),
-                   coalesce(array_agg(o.id ORDER BY o.rank, o.id)
-                                FILTER (WHERE NOT o.ok AND NOT o.head AND o.n_ok < want), '{}'),
-                   coalesce(array_agg(o.key ORDER BY o.rank, o.id)
-                                FILTER (WHERE NOT o.ok AND NOT o.head AND o.n_ok < want), '{}'),
-                   coalesce(array_agg(o.lim ORDER BY o.rank, o.id)
-                                FILTER (WHERE NOT o.ok AND NOT o.head AND o.n_ok < want), '{}'),
-                   coalesce(array_agg(o.rank ORDER BY o.rank, o.id)
-                                FILTER (WHERE NOT o.ok AND NOT o.head AND o.n_ok < want), '{}')
+                   coalesce(array_agg(o.id) FILTER (WHERE NOT o.ok AND NOT o.head
+                                                    AND o.n_ok < want), '{}'),
+                   coalesce(array_agg(o.key) FILTER (WHERE NOT o.ok AND NOT o.head
+                                                     AND o.n_ok < want), '{}'),
+                   coalesce(array_agg(o.lim) FILTER (WHERE NOT o.ok AND NOT o.head
+                                                     AND o.n_ok < want), '{}'),
+                   coalesce(array_agg(o.rank) FILTER (WHERE NOT o.ok AND NOT o.head
+                                                      AND o.n_ok < want), '{}')
             INTO pass_taken, pass_resumed, stay, parked_ids, parked_keys, parked_limits,
                  parked_ranks
             FROM ordered o;
