@@ -39,6 +39,9 @@ Execute = Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]]
 """Runs one statement on the publishing connection (the store's, or the app's) -> rows."""
 COLLECT_SECONDS = 2.0
 """How often a process's keyed claim also deletes the run_keys rows of finished runs."""
+COLLECT_OVERLAP_SECONDS = 5.0
+"""How far each collection also goes back over the previous one's window: a run stamped
+ended before that collection but committed after it is taken by the next."""
 
 
 def _json(items: Sequence[Sequence[Any]]) -> str:
@@ -61,7 +64,7 @@ class ClaimState:
             return None
         since, self._collected = self._collected, now
         self._previous = since
-        back = now - since + COLLECT_SECONDS if since else 60.0  # the first time: a minute
+        back = now - since + COLLECT_OVERLAP_SECONDS if since else 60.0  # the first time: a minute
         return time.time_ns() // 1_000_000 - int(back * 1000)
 
     def collect_failed(self) -> None:

@@ -46,6 +46,9 @@ due (it then waits for a change)."""
 SCAN_KEYS = 256
 """Keys with parked runs a claim checks for free slots (round robin over all of them)."""
 COLLECT_SECONDS = 2.0
+COLLECT_OVERLAP_SECONDS = 5.0
+"""How far each collection also goes back over the previous one's window: a run stamped
+ended before that collection but committed after it is taken by the next."""
 RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
 """A due run's rank is at most this far past now (see the plain claim)."""
 _CHUNK = 400
@@ -154,7 +157,7 @@ class ClaimState:
         if now - self._collected < COLLECT_SECONDS:
             return None
         since, self._collected = self._collected, now
-        back = now - since + COLLECT_SECONDS if since else 60.0  # the first time: a minute
+        back = now - since + COLLECT_OVERLAP_SECONDS if since else 60.0  # the first time: a minute
         return _now_ms() - int(back * 1000)
 
 

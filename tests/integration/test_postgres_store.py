@@ -310,6 +310,8 @@ async def test_the_keys_of_finished_runs_are_deleted_apart_from_the_claims(
         assert await claim_keyed(store) == [second], "the finished run freed the key"
 
         async def keys_left() -> set[str] | None:
+            # a claim starts a collection unless one is still running: claim until it does
+            assert await claim_keyed(store) == []
             with psycopg.connect(POSTGRES_URL) as conn:
                 left = {row[0] for row in conn.execute(
                     f'SELECT run_id FROM "{store.schema}".run_keys')}
