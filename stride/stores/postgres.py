@@ -114,6 +114,13 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _needs_flow(batch: PublishItem) -> bool:
+    """Whether runs of the batch need flow decisions (throttle, debounce, singleton...)
+    beyond what the plain publish statement writes (concurrency keys, priority)."""
+    return any(run.flow is not None and not is_stateless(run.flow)
+               for _, runs in batch for run in runs)
+
+
 class PostgresStore:
     """Store backend on a PostgreSQL schema. Construct, then `await open()`.
 
@@ -259,8 +266,7 @@ class PostgresStore:
                       dedupe_ms: int, conn: Any = None) -> PublishResult:
         # Event ids are remembered until pruned, which keeps them at least `dedupe_ms`
         # (the pruner's cutoff must not be shorter than the dedupe window).
-        if any(run.flow is not None and not is_stateless(run.flow)
-               for _, runs in batch for run in runs):
+        if _needs_flow(batch):
             return await self._publish_flow(batch, conn)
         if conn is not None:
             return await self._publish_in(conn, batch)
@@ -281,29 +287,31 @@ class PostgresStore:
         """A batch with runs of flow-controlled jobs: the plain publish statement for the
         events and the other runs, then the flow decisions (`_postgres_flow`), in one
         transaction (the caller's, with `conn`)."""
-        plain = [(event, [run for run in runs if run.flow is None]) for event, runs in batch]
-        op, now = self._publish_op, _now_ms()
-
-        async def write(execute: Execute) -> PublishResult:
-            result = op.results([plain], await execute(op.sql, op.params([plain], now)))[0]
-            fresh = set(result.accepted)
-            flowing = [run for event, runs in batch if event.id in fresh for run in runs
-                       if run.flow is not None]
-            created = await publish_runs(execute, self.flow_sql, flowing, now)
-            for sql, params in self._wait_sql.extras(flowing, now):  # cancel_on, timeouts
-                await execute(sql, params)
-            return replace(result, runs_created=result.runs_created + created)
+        now = _now_ms()
 
         async def own(connection: psycopg.AsyncConnection[Any]) -> PublishResult:
             async with connection.transaction():
-                return await write(executor_for(connection))
+                return await self._write_flow(executor_for(connection), batch, now)
 
         if conn is None:
             return await self._with_conn(own, retry=False)
         try:
-            return await write(executor_for(conn))
+            return await self._write_flow(executor_for(conn), batch, now)
         except psycopg.Error as exc:
             raise translate(self.target, exc) from exc
+
+    async def _write_flow(self, execute: Execute, batch: PublishItem, now: int) -> PublishResult:
+        """`_publish_flow`'s statements, in the transaction `execute` runs in."""
+        op = self._publish_op
+        plain = [(event, [run for run in runs if run.flow is None]) for event, runs in batch]
+        result = op.results([plain], await execute(op.sql, op.params([plain], now)))[0]
+        fresh = set(result.accepted)
+        flowing = [run for event, runs in batch if event.id in fresh for run in runs
+                   if run.flow is not None]
+        created = await publish_runs(execute, self.flow_sql, flowing, now)
+        for sql, params in self._wait_sql.extras(flowing, now):  # cancel_on, timeouts
+            await execute(sql, params)
+        return replace(result, runs_created=result.runs_created + created)
 
     async def claim(self, *, worker_id: str, app_id: str, job_ids: Sequence[str], limit: int,
                     lease_ms: int, concurrency: Mapping[str, int],
@@ -411,7 +419,10 @@ class PostgresStore:
                 cur = await conn.execute(finish.sql, finish.params([item], now))
                 if not await cur.fetchall():
                     return False
-                await conn.execute(publish.sql, publish.params([batch], now))
+                if _needs_flow(batch):  # runs of jobs with stateful flow control
+                    await self._write_flow(executor_for(conn), batch, now)
+                else:
+                    await conn.execute(publish.sql, publish.params([batch], now))
                 return True
 
         try:

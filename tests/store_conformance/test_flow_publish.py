@@ -213,3 +213,20 @@ async def test_skipped_runs_are_finished_for_cancel_and_prune(store: Store) -> N
     assert await store.cancel_runs([skipped.id], error_json="{}") == []
     assert await store.prune(older_than_ms=0) >= 1
     assert await store.get_run(skipped.id) is None
+
+
+async def test_runs_published_with_a_finish_are_decided_like_any_other(store: Store) -> None:
+    # a finish that publishes (an on-failure run, an invoked run's result) goes through the
+    # same flow decisions as dispatch, in the finish's transaction
+    await publish(store, RunFlow(), job_id="parent")
+    [parent] = await claim(store, ["parent"])
+    once = RunFlow(idempotency=Idempotent("same", 3_600_000))
+    first, second = event(), event()
+    await store.publish([(first, [flow_run(first, once)])], dedupe_ms=60_000)
+
+    await store.finish(parent.lease, status="failed", output_json=None, error_json="{}",
+                       publish=[(second, [flow_run(second, once)])])
+
+    runs = await runs_of(store)
+    assert [run.status for run in runs] == ["queued", "skipped"]
+    assert runs[1].event_id == second.id and runs[1].reason is not None
