@@ -19,6 +19,7 @@ import pytest
 
 if TYPE_CHECKING:
     from stride import Stride
+    from stride._worker import Worker
 
 T = TypeVar("T")
 POSTGRES_URL = os.environ.get("STRIDE_TEST_POSTGRES_URL",
@@ -71,6 +72,15 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def until_idle(worker: Worker) -> None:
+    """The worker holds no run. A suspended run's status is visible once its commit lands,
+    a moment before the worker that committed it stops counting it."""
+    async def idle() -> bool:
+        return worker.active_runs == 0
+
+    await eventually(idle, timeout=2.0, what="the worker to hold no run")
 
 
 async def all_finished(app: Stride, count: int, job_id: str | None = None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stride import ConfigurationError, Context, Stride, SyncContext
-from tests.conftest import eventually
+from tests.conftest import eventually, until_idle
 
 
 async def until_sleeping(jobs: Stride, run_id: str) -> None:
@@ -92,7 +92,7 @@ async def test_a_sleeping_run_holds_no_worker_and_wakes_when_due(sqlite_url: str
     [run] = await jobs.get_runs(event_id=event_id)
     async with jobs.worker() as worker:
         await until_sleeping(jobs, run.id)
-        assert worker.active_runs == 0
+        await until_idle(worker)
         done = await jobs.wait_for(run.id, timeout=10)
     assert done.status == "completed"
     assert 1.0 <= done.output < 10.0

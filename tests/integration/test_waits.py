@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stride import Context, Stride, SyncContext
-from tests.conftest import eventually
+from tests.conftest import eventually, until_idle
 
 
 class Approval(BaseModel):
@@ -64,7 +64,7 @@ async def test_a_waiting_run_holds_no_worker_and_resumes_with_its_event(database
     run_id = await start(jobs, "test/requested", {"request_id": "r1"})
     async with jobs.worker() as worker:
         await until_status(jobs, run_id, "waiting")
-        assert worker.active_runs == 0
+        await until_idle(worker)
         await jobs.dispatch("test/approved", {"request_id": "r2", "by": "mallory"})
         await jobs.dispatch("test/other", {"request_id": "r1", "by": "mallory"})
         await asyncio.sleep(0.2)
