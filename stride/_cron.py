@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stride import _codec
+from stride._flow_keys import FlowKeys, has_flow
 from stride._ids import new_id
 from stride._waits import new_run
 from stride.jobs import CronTrigger, Job
@@ -42,6 +43,9 @@ class CronScheduler:
         self._store = store
         self._triggers = [(job, trigger) for job in jobs.values() for trigger in job.triggers
                           if isinstance(trigger, CronTrigger)]
+        # a tick's run is held to its job's flow control like a dispatched one
+        self._flows = {job.id: FlowKeys(job, app_id) for job, _ in self._triggers
+                       if has_flow(job.flow)}
         self._fired: dict[tuple[str, str], datetime] = {}
 
     @property
@@ -77,5 +81,8 @@ class CronScheduler:
         data = {"job_id": job.id, "schedule": trigger.schedule, "tz": trigger.tz,
                 "tick": due.isoformat()}
         event = NewEvent(event_id, CRON_EVENT_NAME, _codec.dumps_str(data), None, now_ms)
+        keys = self._flows.get(job.id)
+        flow = keys.run_flow({"id": event_id, "name": CRON_EVENT_NAME, "data": data,
+                              "user": None, "ts": now_ms}) if keys is not None else None
         return event, [new_run(self._app_id, job, event_id, {"data": data, "user": None},
-                               now_ms, new_id())]
+                               now_ms, new_id(), flow=flow)]

@@ -95,6 +95,15 @@ def is_stateless(flow: RunFlow) -> bool:
             and flow.debounce is None and flow.batch is None and flow.throttle is None)
 
 
+def without_skips(flow: RunFlow) -> RunFlow:
+    """The options that always start this very run, with its own event: concurrency keys,
+    priority and throttle (which only delays). What an invoked run takes, since its parent
+    waits for it by its event (a skipped, debounced or batched child would never report
+    back), and what a replay takes (an operator's explicit request is not rate limited)."""
+    return RunFlow(concurrency=flow.concurrency, priority_ms=flow.priority_ms,
+                   throttle=flow.throttle)
+
+
 def run_keys_row(run_id: str, flow: RunFlow) -> tuple[str, str, int, str | None, int | None]:
     """A keyed run's run_keys row: (run id, key, limit, second key, its limit)."""
     (ckey, clim), *rest = flow.concurrency

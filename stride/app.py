@@ -18,7 +18,7 @@ from typing_extensions import Unpack
 
 from stride import _audit, _codec
 from stride._audit import AuditRecord
-from stride._flow_decide import RunFlow
+from stride._flow_decide import RunFlow, without_skips
 from stride._flow_keys import FlowKeys, has_flow
 from stride._ids import new_id
 from stride._waits import (
@@ -60,6 +60,7 @@ from stride.runs import Run
 from stride.security import current_actor
 from stride.stores.base import (
     FINISHED_STATUSES,
+    EventRow,
     NewEvent,
     NewRun,
     RunFilter,
@@ -397,7 +398,12 @@ class Stride:
         event = NewEvent(event_id, INVOKE_EVENT, _codec.dumps_str(payload),
                          _codec.dumps_str(user) if user is not None else None, now)
         return event, [new_run(self.app_id, target, event_id, {"data": payload, "user": user},
-                               now, new_id())]
+                               now, new_id(), flow=self._unskipped_flow(target.id, event))]
+
+    def _unskipped_flow(self, job_id: str, event: EventRow | NewEvent) -> RunFlow | None:
+        """An invoked or replayed run's flow control (`without_skips`), read from its event."""
+        keys = self._flows.get(job_id)
+        return without_skips(keys.run_flow(event_dict(event))) if keys is not None else None
 
     def _validate_data(self, name: str, data: Any) -> dict[str, Any]:
         event_type = self._event_types.get(name)
@@ -494,7 +500,8 @@ class Stride:
         job = self._jobs.get(original.job_id)
         event = await store.get_event(original.event_id)
         replayed = (new_run(original.app_id, job, original.event_id, event_dict(event), now,
-                            new_id()) if job is not None and event is not None else
+                            new_id(), flow=self._unskipped_flow(job.id, event))
+                    if job is not None and event is not None else
                     NewRun(new_id(), original.app_id, original.job_id, original.event_id, now))
         await store.create_runs([replayed])
         store.notify_local()

@@ -460,12 +460,23 @@ class PostgresStore:
         if not runs:
             return
         now = _now_ms()
-        params = (now, [r.id for r in runs], [r.app_id for r in runs],
-                  [r.job_id for r in runs], [r.event_id for r in runs],
-                  [r.available_at for r in runs])
-        await self._with_conn(lambda conn: transaction(conn, [
-            (self.sql.create_runs, params), *self._wait_sql.extras(runs, now),
-            (self.sql.notify, (self.schema,))]), retry=False)
+        plain = [run for run in runs if run.flow is None]
+        flowing = [run for run in runs if run.flow is not None]
+        params = (now, [r.id for r in plain], [r.app_id for r in plain],
+                  [r.job_id for r in plain], [r.event_id for r in plain],
+                  [r.available_at for r in plain])
+
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                execute = executor_for(conn)
+                await execute(self.sql.create_runs, params)
+                if flowing:  # replays of jobs with flow control: keys, priority, throttle
+                    await publish_runs(execute, self.flow_sql, flowing, now)
+                for sql, extra in [*self._wait_sql.extras(runs, now),
+                                   (self.sql.notify, (self.schema,))]:
+                    await execute(sql, extra)
+
+        await self._with_conn(write, retry=False)
         self._changed.set()
 
     # -- waits for events and timeouts (see stores._postgres_waits) ------------------

@@ -372,7 +372,12 @@ class SqliteStore:
                 "INSERT INTO runs (id, app_id, job_id, event_id, status, available_at, rank, "
                 "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
                 [(r.id, r.app_id, r.job_id, r.event_id, r.available_at, r.available_at, now)
-                 for r in runs])
+                 for r in runs if r.flow is None])
+            flowing = [run for run in runs if run.flow is not None]
+            if flowing:  # replays of jobs with flow control: their keys, priority, throttle
+                from stride.stores import _sqlite_flow
+
+                _sqlite_flow.publish_runs(conn, flowing, now)
             _waits.insert_run_extras(conn, runs, now)
 
         await self._writer.run(op)
