@@ -89,12 +89,12 @@ class FlowStatements:
             "WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE")
         self.insert_runs = (
             f"WITH created AS (INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, "
-            "available_at, rank, created_at, ended_at, reason) "
+            "available_at, rank, created_at, ended_at, reason, ckey, ckey2) "
             "SELECT r.id, r.app_id, r.job_id, r.event_id, r.status, r.at, r.rank, %s, "
-            "r.ended_at, r.reason FROM "
+            "r.ended_at, r.reason, r.ckey, r.ckey2 FROM "
             + rows("id text", "app_id text", "job_id text", "event_id text", "status text",
                    "at bigint", "rank bigint", "ended_at bigint", "reason text", "ckey text",
-                   "clim int", "ckey2 text", "clim2 int") + " AS r RETURNING 1) "
+                   "ckey2 text") + " AS r RETURNING 1) "
             f"INSERT INTO {s}.run_keys (run_id, ckey, clim, ckey2, clim2) "
             "SELECT k.id, k.ckey, k.clim, k.ckey2, k.clim2 FROM "
             + rows("id text", "ckey text", "clim int", "ckey2 text", "clim2 int") + " AS k")
@@ -170,7 +170,7 @@ def _plan_statements(sql: FlowStatements, plan: PublishPlan,
     if plan.inserts:
         statements.append((sql.insert_runs, (now, _json([
             (r.id, r.app_id, r.job_id, r.event_id, r.status, r.available_at, r.rank,
-             r.ended_at, r.reason) for r in plan.inserts]), _json([
+             r.ended_at, r.reason, r.ckey, r.ckey2) for r in plan.inserts]), _json([
             (r.id, r.ckey, r.clim, r.ckey2, r.clim2) for r in plan.inserts
             if r.ckey is not None]))))
     if plan.changes:

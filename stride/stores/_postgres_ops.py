@@ -28,6 +28,19 @@ def lease_lost(lease: Lease) -> LeaseLost:
                      "another worker took it over); this worker stops working on it")
 
 
+def _run_row(run: NewRun) -> tuple[Any, ...]:
+    """A published run: id, app, job, event, due time, rank (moved by its priority) and its
+    concurrency keys (the keyed claim counts leased runs by them)."""
+    flow = run.flow
+    if flow is None:
+        return (run.id, run.app_id, run.job_id, run.event_id, run.available_at,
+                run.available_at, None, None)
+    keys = flow.concurrency
+    return (run.id, run.app_id, run.job_id, run.event_id, run.available_at,
+            run.available_at - flow.priority_ms, keys[0][0] if keys else None,
+            keys[1][0] if len(keys) > 1 else None)
+
+
 @dataclass(frozen=True, slots=True)
 class PublishOp:
     """Events and their runs. An event id seen before (stored, or earlier in this same
@@ -48,9 +61,7 @@ class PublishOp:
         ordered = [events[key] for key in sorted(events)]
         runs = [run for _, event_runs in ordered for run in event_runs]
         return (_json([(e.id, e.name, e.data_json, e.user_json, e.ts) for e, _ in ordered]),
-                now, now, _json([(r.id, r.app_id, r.job_id, r.event_id, r.available_at,
-                                  r.available_at - (r.flow.priority_ms if r.flow else 0))
-                                 for r in runs]),
+                now, now, _json([_run_row(r) for r in runs]),
                 _json([run_keys_row(r.id, r.flow) for r in runs
                        if r.flow is not None and r.flow.concurrency]),
                 self.channel, extras_json(ordered, now), now)

@@ -133,7 +133,7 @@ def _publish(s: str) -> str:
     # statement also on the application's connection (transactional dispatch).
     events = rows("id text", "name text", "data text", "usr text", "ts bigint")
     runs = rows("id text", "app_id text", "job_id text", "event_id text", "at bigint",
-                "rank bigint")
+                "rank bigint", "ckey text", "ckey2 text")
     keys = rows("id text", "ckey text", "clim int", "ckey2 text", "clim2 int")
     # The stored events then go to publish_waits (migration 0005), which stores the new
     # runs' cancel-on conditions and timeouts and completes the waits the events match,
@@ -144,8 +144,8 @@ def _publish(s: str) -> str:
         "SELECT e.id, e.name, e.data, e.usr, e.ts, %s FROM batch AS e "
         "ON CONFLICT (id) DO NOTHING RETURNING id), "
         f"created AS (INSERT INTO {s}.runs (id, app_id, job_id, event_id, status, "
-        "available_at, rank, created_at) SELECT r.id, r.app_id, r.job_id, r.event_id, "
-        f"'queued', r.at, r.rank, %s FROM {runs} AS r "
+        "available_at, rank, created_at, ckey, ckey2) SELECT r.id, r.app_id, r.job_id, "
+        f"r.event_id, 'queued', r.at, r.rank, %s, r.ckey, r.ckey2 FROM {runs} AS r "
         "WHERE r.event_id IN (SELECT id FROM fresh) RETURNING id), "
         f"keyed AS (INSERT INTO {s}.run_keys (run_id, ckey, clim, ckey2, clim2) "
         f"SELECT k.id, k.ckey, k.clim, k.ckey2, k.clim2 FROM {keys} AS k "

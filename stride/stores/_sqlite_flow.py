@@ -107,9 +107,9 @@ def _load_pending(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, Pen
 def _write_plan(conn: sqlite3.Connection, plan: PublishPlan, now: int) -> None:
     conn.executemany(
         "INSERT INTO runs (id, app_id, job_id, event_id, status, available_at, rank, "
-        "created_at, ended_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, ended_at, reason, ckey, ckey2) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(r.id, r.app_id, r.job_id, r.event_id, r.status, r.available_at, r.rank, now,
-          r.ended_at, r.reason) for r in plan.inserts])
+          r.ended_at, r.reason, r.ckey, r.ckey2) for r in plan.inserts])
     conn.executemany(
         "INSERT INTO run_keys (run_id, ckey, clim, ckey2, clim2) VALUES (?, ?, ?, ?, ?)",
         [(r.id, r.ckey, r.clim, r.ckey2, r.clim2) for r in plan.inserts if r.ckey is not None])
@@ -170,8 +170,9 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
     from stride.stores import sqlite as store  # its claim helpers (it imports this module)
 
     now = _now_ms()
-    running = _running_counts(conn)
-    _release(conn, _parked_keys(conn, state), running)
+    parked = _parked_keys(conn, state)
+    running = _running_counts(conn, parked)
+    _release(conn, parked, running)
     since = state.collect_since()
     if since is not None:
         collect(conn, app_id, job_ids, since)
@@ -186,6 +187,10 @@ def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: 
         window = int(want * OVERFETCH) + OVERFETCH_EXTRA
         rows = _due(conn, app_id, eligible, now, window)
         candidates = [Candidate(row[0], row[1], _keys(row[4:])) for row in rows]
+        met = {key for candidate in candidates for key, _ in candidate.keys
+               if key not in running}
+        found = _running_counts(conn, met)
+        running.update({key: found.get(key, 0) for key in met})
         admission = admit(candidates, running, job_free, want)
         running, job_free = admission.running, admission.job_free
         by_id = {row[0]: row for row in rows}
@@ -220,16 +225,22 @@ def _keys(columns: Sequence[Any]) -> tuple[tuple[str, int], ...]:
     return ((ckey, clim),) if ckey2 is None else ((ckey, clim), (ckey2, clim2))
 
 
-def _running_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Leased runs holding each key: the leased runs (few, by their partial index) joined to
-    their keys. Claims are serialised, so this stays true for the whole claim."""
+def _running_counts(conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, int]:
+    """Leased runs holding each of `keys` (those without any are absent): one probe per key
+    in the partial indexes of leased runs by key, however many runs other keys hold.
+    Claims are serialised, so this stays true for the whole claim."""
     counts: dict[str, int] = {}
-    for ckey, ckey2 in conn.execute(
-            "SELECT k.ckey, k.ckey2 FROM runs r INDEXED BY runs_lease_owner CROSS JOIN run_keys k "
-            "ON k.run_id = r.id WHERE r.status = 'running'"):
-        for key in (ckey, ckey2):
-            if key is not None:
-                counts[key] = counts.get(key, 0) + 1
+    wanted = list(keys)
+    for chunk in _chunks(wanted):
+        marks = _marks(len(chunk))
+        for key, count in conn.execute(
+                "SELECT ckey, count(*) FROM runs INDEXED BY runs_leased_ckey "
+                f"WHERE status = 'running' AND ckey IS NOT NULL AND ckey IN ({marks}) "
+                "GROUP BY ckey UNION ALL "
+                "SELECT ckey2, count(*) FROM runs INDEXED BY runs_leased_ckey2 "
+                f"WHERE status = 'running' AND ckey2 IS NOT NULL AND ckey2 IN ({marks}) "
+                "GROUP BY ckey2", (*chunk, *chunk)):
+            counts[key] = counts.get(key, 0) + count
     return counts
 
 
