@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench._db import Target
+from bench._db import Target, drop_target, make_target
 
 RAW_SECONDS = 2.0
 
@@ -31,6 +31,16 @@ def measure(target: Target, seconds: float = RAW_SECONDS) -> list[RawLimit]:
         assert target.directory is not None
         return [sqlite_commits(os.path.join(target.directory, "raw.db"), seconds)]
     return [postgres_commits(target, 1, seconds), postgres_commits(target, 8, seconds)]
+
+
+def measure_apart(store: str, postgres_url: str) -> list[RawLimit]:
+    """`measure` on a store of its own, dropped after (raises `Skip` where the store cannot
+    run), for benchmarks whose own stores are made per round."""
+    target = make_target(store, postgres_url)
+    try:
+        return measure(target)
+    finally:
+        drop_target(target)
 
 
 def sqlite_commits(path: str, seconds: float) -> RawLimit:

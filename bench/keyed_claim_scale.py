@@ -110,14 +110,10 @@ def main() -> int:
     print(f"stride claim latency against leased runs: store={args.store} batch={args.batch} "
           f"queued={args.queued} claims={args.claims} per job")
     try:
-        raw_target = make_target(args.store, args.postgres_url)
+        print(_raw.describe(_raw.measure_apart(args.store, args.postgres_url)))
     except Skip as exc:
         print(f"SKIP store={args.store}: {exc}")
         return 0
-    try:
-        print(_raw.describe(_raw.measure(raw_target)))
-    finally:
-        drop_target(raw_target)
     for leased in args.leased:
         target = make_target(args.store, args.postgres_url)
         try:

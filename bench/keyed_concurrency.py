@@ -214,14 +214,10 @@ def main() -> int:
 
         return keyed_explain.main(args)
     try:
-        raw_target = make_target(args.store, args.postgres_url)
+        raw = _raw.measure_apart(args.store, args.postgres_url)
     except Skip as exc:
         print(f"SKIP store={args.store}: {exc}")
         return 0
-    try:
-        raw = _raw.measure(raw_target)
-    finally:
-        drop_target(raw_target)
     print(_raw.describe(raw))
     ratios = [_round(args, index, raw[0].commits_per_s) for index in range(args.rounds)]
     median = statistics.median(ratios)

@@ -26,12 +26,12 @@ import asyncio
 import random
 import re
 import sqlite3
-import sys
 import time
 from typing import Any
 
 from bench._db import Target, drop_target, make_target
 from bench.keyed_concurrency import EVENT, JOB, build
+from stride._flow_decide import COLLECT_SECONDS, ClaimState
 from stride.stores.base import ClaimedRun
 
 APP_ID = "bench-keyed"
@@ -133,11 +133,10 @@ class _SqliteRecorder:
         return self.conn.executemany(sql, seq)
 
 
-def _claim_state(state: Any, collecting: bool) -> Any:
+def _claim_state(state: ClaimState, collecting: bool) -> ClaimState:
     """A claim's memory as in the drain: it collected finished runs' keys just now (most
     claims), or COLLECT_SECONDS ago (one claim in every 2 s per process collects them)."""
-    seconds = sys.modules[type(state).__module__].COLLECT_SECONDS
-    state._collected = time.monotonic() - (seconds if collecting else 0.0)
+    state._collected = time.monotonic() - (COLLECT_SECONDS if collecting else 0.0)
     return state
 
 
@@ -155,7 +154,7 @@ def _explain_sqlite(target: Target, limit: int, *, collecting: bool) -> None:
     started = time.perf_counter()
     taken = _sqlite_flow.claim_keyed(recorder, "w0", APP_ID, [JOB],  # type: ignore[arg-type]
                                      limit, LEASE_MS, {},
-                                     _claim_state(_sqlite_flow.ClaimState(), collecting))
+                                     _claim_state(ClaimState(), collecting))
     took = time.perf_counter() - started
     backlog = _backlog_key(conn)
     if backlog is not None and not any("k.ckey IN" in sql for sql in recorder.statements):
@@ -230,7 +229,7 @@ async def _explain_postgres(target: Target, store: Any, limit: int, *,
         await conn.commit()
         params = flow.ClaimParams(
             app_id=APP_ID, worker_id="w0", token=new_id(), now=time.time_ns() // 1_000_000,
-            lease_ms=LEASE_MS, limit=limit, job_ids=[JOB], limits={}, state=flow.ClaimState())
+            lease_ms=LEASE_MS, limit=limit, job_ids=[JOB], limits={}, state=ClaimState())
         async with conn.transaction(force_rollback=True):  # record the claim, then undo it
             started = time.perf_counter()
             taken = await flow.claim_keyed(conn, store.flow_sql, params)

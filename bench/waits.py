@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/waits.py`
     sys.path.insert(0, str(ROOT))
 
 from bench import _raw  # noqa: E402
-from bench._db import DEFAULT_POSTGRES_URL, Probe, Skip, Target, drop_target, make_target  # noqa: E402
+from bench._db import DEFAULT_POSTGRES_URL, Probe, Skip, drop_target, make_target  # noqa: E402
 from stride import Context, Stride, _codec  # noqa: E402
 
 WAIT_EVENT = "bench/wait"
@@ -248,14 +248,10 @@ def main() -> int:
     print(f"stride waits: store={args.store} waiters={counts} workers={args.workers} "
           f"(concurrency {args.concurrency}) pid={os.getpid()}")
     try:
-        raw_target: Target = make_target(args.store, args.postgres_url)
+        print(_raw.describe(_raw.measure_apart(args.store, args.postgres_url)))
     except Skip as exc:
         print(f"SKIP store={args.store}: {exc}")
         return 0
-    try:
-        print(_raw.describe(_raw.measure(raw_target)))
-    finally:
-        drop_target(raw_target)
     baseline = measure(args, 0)
     results = [measure(args, count) for count in counts]
     joined = {key: ",".join(f"{r[key]:.0f}" if key in ("rate", "alone") else f"{r[key]:.1f}"

@@ -15,6 +15,7 @@ claims scan, and comes back (`unpark_counts`) when a run holding that key lets g
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -104,11 +105,13 @@ def without_skips(flow: RunFlow) -> RunFlow:
                    throttle=flow.throttle)
 
 
-def run_keys_row(run_id: str, flow: RunFlow) -> tuple[str, str, int, str | None, int | None]:
-    """A keyed run's run_keys row: (run id, key, limit, second key, its limit)."""
-    (ckey, clim), *rest = flow.concurrency
-    ckey2, clim2 = rest[0] if rest else (None, None)
-    return run_id, ckey, clim, ckey2, clim2
+def key_columns(flow: RunFlow | None) -> tuple[str | None, int | None, str | None, int | None]:
+    """A run's concurrency keys as the stores keep them: (key, limit, second key, its
+    limit), None where the run has none."""
+    keys = flow.concurrency if flow is not None else ()
+    ckey, clim = keys[0] if keys else (None, None)
+    ckey2, clim2 = keys[1] if len(keys) > 1 else (None, None)
+    return ckey, clim, ckey2, clim2
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,12 +269,9 @@ class _Planner:
         self.pending[run.id] = PendingRun("queued", False, run.event_id)
 
     def _insert_row(self, run: NewRun, flow: RunFlow, due: int, reason: str | None) -> None:
-        keys = flow.concurrency
-        ckey, clim = keys[0] if keys else (None, None)
-        ckey2, clim2 = keys[1] if len(keys) > 1 else (None, None)
         self.plan.inserts.append(RunInsert(
             run.id, run.app_id, run.job_id, run.event_id, "queued", due,
-            due - flow.priority_ms, reason, ckey, clim, ckey2, clim2))
+            due - flow.priority_ms, reason, *key_columns(flow)))
 
     # -- options that skip the run -------------------------------------------------
 
@@ -408,6 +408,37 @@ def _for(key: str) -> str:
 
 
 # -- claims: which candidates fit their concurrency keys ---------------------------------
+
+
+COLLECT_SECONDS = 2.0
+"""How often a process's keyed claim also deletes the run_keys rows of finished runs."""
+COLLECT_OVERLAP_SECONDS = 5.0
+"""How far each collection also goes back over the previous one's window: a run stamped
+ended before that collection but committed after it is taken by the next."""
+
+
+class ClaimState:
+    """What a process's keyed claims remember, on either store: where the round robin over
+    keys with parked runs goes on, and when the run_keys rows of finished runs were last
+    collected."""
+
+    def __init__(self) -> None:
+        self.cursor = ""
+        self._collected = self._previous = 0.0
+
+    def collect_since(self) -> int | None:
+        """Every COLLECT_SECONDS, the time (ms) since which finished runs' rows go; else None."""
+        now = time.monotonic()
+        if now - self._collected < COLLECT_SECONDS:
+            return None
+        since, self._collected = self._collected, now
+        self._previous = since
+        back = now - since + COLLECT_OVERLAP_SECONDS if since else 60.0  # the first time: a minute
+        return time.time_ns() // 1_000_000 - int(back * 1000)
+
+    def collect_failed(self) -> None:
+        """The last collection did not happen: the next one goes back as far."""
+        self._collected = self._previous
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ what differs is how concurrent processes are kept from deciding on stale state:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ import orjson
 import psycopg
 
 from stride._flow_decide import (
+    ClaimState,
     FlowState,
     PendingRun,
     PublishPlan,
@@ -37,39 +37,10 @@ from stride.stores.base import NewRun
 
 Execute = Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]]
 """Runs one statement on the publishing connection (the store's, or the app's) -> rows."""
-COLLECT_SECONDS = 2.0
-"""How often a process's keyed claim also deletes the run_keys rows of finished runs."""
-COLLECT_OVERLAP_SECONDS = 5.0
-"""How far each collection also goes back over the previous one's window: a run stamped
-ended before that collection but committed after it is taken by the next."""
 
 
 def _json(items: Sequence[Sequence[Any]]) -> str:
     return orjson.dumps([list(item) for item in items]).decode()
-
-
-class ClaimState:
-    """A process's keyed claims' memory: where the round robin over keys with parked runs
-    goes on (see migration 0011), and when the run_keys rows of finished runs were last
-    collected."""
-
-    def __init__(self) -> None:
-        self.cursor = ""
-        self._collected = self._previous = 0.0
-
-    def collect_since(self) -> int | None:
-        """Every COLLECT_SECONDS, the time (ms) since which finished runs' rows go; else None."""
-        now = time.monotonic()
-        if now - self._collected < COLLECT_SECONDS:
-            return None
-        since, self._collected = self._collected, now
-        self._previous = since
-        back = now - since + COLLECT_OVERLAP_SECONDS if since else 60.0  # the first time: a minute
-        return time.time_ns() // 1_000_000 - int(back * 1000)
-
-    def collect_failed(self) -> None:
-        """The last collection did not happen: the next one goes back as far."""
-        self._collected = self._previous
 
 
 class FlowStatements:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from stride._flow_decide import run_keys_row
+from stride._flow_decide import key_columns
 from stride.errors import LeaseLost
 from stride.stores._postgres_waits import extras_json, parse_checks
 from stride.stores.base import Lease, NewEvent, NewRun, PublishResult, RunStatus, StepRecord
@@ -26,19 +26,6 @@ RescheduleItem = tuple[Lease, int, RunStatus, int | None, str | None, StepRecord
 def lease_lost(lease: Lease) -> LeaseLost:
     return LeaseLost(f"run {lease.run_id} is no longer held by this worker (lease expired and "
                      "another worker took it over); this worker stops working on it")
-
-
-def _run_row(run: NewRun) -> tuple[Any, ...]:
-    """A published run: id, app, job, event, due time, rank (moved by its priority) and its
-    concurrency keys (the keyed claim counts leased runs by them)."""
-    flow = run.flow
-    if flow is None:
-        return (run.id, run.app_id, run.job_id, run.event_id, run.available_at,
-                run.available_at, None, None)
-    keys = flow.concurrency
-    return (run.id, run.app_id, run.job_id, run.event_id, run.available_at,
-            run.available_at - flow.priority_ms, keys[0][0] if keys else None,
-            keys[1][0] if len(keys) > 1 else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +46,18 @@ class PublishOp:
             for event, runs in batch:
                 events.setdefault(event.id, (event, runs))
         ordered = [events[key] for key in sorted(events)]
-        runs = [run for _, event_runs in ordered for run in event_runs]
+        run_rows, key_rows = [], []
+        for _, event_runs in ordered:
+            for r in event_runs:
+                ckey, clim, ckey2, clim2 = key_columns(r.flow)
+                run_rows.append((r.id, r.app_id, r.job_id, r.event_id, r.available_at,
+                                 r.available_at - (r.flow.priority_ms if r.flow else 0),
+                                 ckey, ckey2))
+                if ckey is not None:
+                    key_rows.append((r.id, ckey, clim, ckey2, clim2))
         return (_json([(e.id, e.name, e.data_json, e.user_json, e.ts) for e, _ in ordered]),
-                now, now, _json([_run_row(r) for r in runs]),
-                _json([run_keys_row(r.id, r.flow) for r in runs
-                       if r.flow is not None and r.flow.concurrency]),
-                self.channel, extras_json(ordered, now), now)
+                now, now, _json(run_rows), _json(key_rows), self.channel,
+                extras_json(ordered, now), now)
 
     def results(self, items: Sequence[PublishItem],
                 rows: list[tuple[Any, ...]]) -> list[PublishResult]:

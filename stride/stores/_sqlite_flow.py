@@ -16,6 +16,7 @@ from typing import Any
 from stride._flow_decide import (
     PARK,
     Candidate,
+    ClaimState,
     FlowState,
     PendingRun,
     PublishPlan,
@@ -45,10 +46,6 @@ are full, and a claim that returns fewer runs than asked tells the worker nothin
 due (it then waits for a change)."""
 SCAN_KEYS = 256
 """Keys with parked runs a claim checks for free slots (round robin over all of them)."""
-COLLECT_SECONDS = 2.0
-COLLECT_OVERLAP_SECONDS = 5.0
-"""How far each collection also goes back over the previous one's window: a run stamped
-ended before that collection but committed after it is taken by the next."""
 RANK_HORIZON_MS = MAX_PRIORITY_SECONDS * 1000
 """A due run's rank is at most this far past now (see the plain claim)."""
 _CHUNK = 400
@@ -141,24 +138,6 @@ def _write_states(conn: sqlite3.Connection, plan: PublishPlan) -> None:
 
 
 # -- claim --------------------------------------------------------------------------------
-
-
-class ClaimState:
-    """What a process's keyed claims remember: where the round robin over keys with parked
-    runs goes on, and when the run_keys rows of finished runs were last collected."""
-
-    def __init__(self) -> None:
-        self.cursor = ""
-        self._collected = 0.0
-
-    def collect_since(self) -> int | None:
-        """Every COLLECT_SECONDS, the time (ms) since which finished runs' rows go; else None."""
-        now = time.monotonic()
-        if now - self._collected < COLLECT_SECONDS:
-            return None
-        since, self._collected = self._collected, now
-        back = now - since + COLLECT_OVERLAP_SECONDS if since else 60.0  # the first time: a minute
-        return _now_ms() - int(back * 1000)
 
 
 def claim_keyed(conn: sqlite3.Connection, worker_id: str, app_id: str, job_ids: list[str],

@@ -33,7 +33,7 @@ import psycopg_pool
 
 from stride._audit import AuditRecord
 from stride._failures import LOST_MESSAGE, WORKER_LOST
-from stride._flow_decide import is_stateless
+from stride._flow_decide import ClaimState, is_stateless
 from stride._ids import new_id
 from stride.errors import ConfigurationError, StoreError, StoreUnavailable
 from stride.flow import MAX_PRIORITY_SECONDS
@@ -47,7 +47,6 @@ from stride.stores._postgres_conn import (
 )
 from stride.stores._postgres_flow import (
     ClaimParams,
-    ClaimState,
     Execute,
     FlowStatements,
     claim_keyed,
@@ -412,17 +411,14 @@ class PostgresStore:
     async def _finish_and_publish(self, item: FinishItem, batch: PublishItem) -> None:
         """A finish that publishes events (an invoked run's completion, an on-failure run):
         its own transaction, in which the events are published only if the finish holds."""
-        finish, publish, now = self._finish_op, self._publish_op, _now_ms()
+        finish, now = self._finish_op, _now_ms()
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> bool:
             async with conn.transaction():
                 cur = await conn.execute(finish.sql, finish.params([item], now))
                 if not await cur.fetchall():
                     return False
-                if _needs_flow(batch):  # runs of jobs with stateful flow control
-                    await self._write_flow(executor_for(conn), batch, now)
-                else:
-                    await conn.execute(publish.sql, publish.params([batch], now))
+                await self._write_flow(executor_for(conn), batch, now)
                 return True
 
         try:

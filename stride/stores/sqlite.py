@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from stride._audit import AuditRecord
 from stride._failures import LOST_MESSAGE, WORKER_LOST
+from stride._flow_decide import ClaimState
 from stride._ids import new_id
 from stride.errors import ConfigurationError, LeaseLost, StoreError
 from stride.flow import MAX_PRIORITY_SECONDS
@@ -105,7 +106,7 @@ class SqliteStore:
         self._version_conn: sqlite3.Connection | None = None
         self._data_version = -1
         self._opened = False
-        self._flow: Any = None  # what this process's keyed claims remember (_sqlite_flow)
+        self._flow = ClaimState()  # what this process's keyed claims remember
 
     @property
     def write_stats(self) -> WriterStats:
@@ -216,7 +217,7 @@ class SqliteStore:
         if any(job in keyed for job in job_ids):  # runs holding concurrency keys: see there
             from stride.stores import _sqlite_flow
 
-            state = self._flow = self._flow or _sqlite_flow.ClaimState()
+            state = self._flow
             keyed_claim: list[ClaimedRun] = await self._writer.run(
                 lambda conn: _sqlite_flow.claim_keyed(conn, worker_id, app_id, list(job_ids),
                                                       limit, lease_ms, dict(concurrency), state))

@@ -295,9 +295,9 @@ async def test_a_keyed_claim_leaves_a_key_another_claimer_is_deciding_on(
 
 async def test_the_keys_of_finished_runs_are_deleted_apart_from_the_claims(
         postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stride.stores import _postgres_flow
+    from stride import _flow_decide
 
-    monkeypatch.setattr(_postgres_flow, "COLLECT_SECONDS", 0.0)  # at every claim
+    monkeypatch.setattr(_flow_decide, "COLLECT_SECONDS", 0.0)  # at every claim
     store = PostgresStore(postgres_url)
     await store.open()
     try:
